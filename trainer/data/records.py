@@ -10,17 +10,21 @@ One JSON object per line::
 Validation policy (``strict``):
 - Problems that would change or drop data (malformed JSON, missing fields, wrong types, NaN/inf,
   x_min >= x_max, boxes outside the image beyond ``clip_tolerance``, empty labels, unresolvable
-  image paths, duplicate lines) are a :class:`DataValidationError` naming file, line, field and value
-  when ``strict=True``; when ``strict=False`` the box (or line) is dropped and the problem is counted.
+  image paths, duplicate lines, an image listed on two lines) are a :class:`DataValidationError`
+  naming file, line, field and value when ``strict=True``; when ``strict=False`` the box (or line)
+  is dropped and the problem is counted.
 - Harmless problems are always counted warnings, never errors: a UTF-8 BOM, blank lines, CRLF line
   ends, coordinates outside [0, 1] by at most ``clip_tolerance`` (clipped), labels with surrounding
   whitespace (stripped).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,7 +119,8 @@ def resolve_image_path(image_path: str, jsonl_path: Path, data_dir: Path | None)
             continue
         tried.append(candidate)
         if candidate.is_file():
-            return candidate, tried
+            # Absolute (not symlink-resolved): valid whatever the working directory becomes later.
+            return Path(os.path.abspath(candidate)), tried
     return None, tried
 
 
@@ -127,7 +132,8 @@ class _LineProblem(Exception):
         self.kind, self.field, self.value, self.message = kind, fld, value, message
 
 
-def _parse_box(raw: object, index: int, clip_tolerance: float) -> tuple[BoxAnnotation | None, list[tuple[str, str, str, str, bool]]]:
+def _parse_box(raw: object, index: int,
+               clip_tolerance: float) -> tuple[BoxAnnotation | None, list[tuple[str, str, str, str, bool]]]:
     """Returns (box or None, problems). Each problem: (kind, field, value, message, fatal_for_box)."""
     where = f"bounding_box_annotations[{index}]"
     problems: list[tuple[str, str, str, str, bool]] = []
@@ -190,44 +196,69 @@ def load_records(
             report.warn(kind, issue)
 
     records: list[Record] = []
-    seen_lines: dict[bytes, int] = {}
+    seen_lines: dict[bytes, int] = {}  # line digest -> line number
+    seen_images: dict[Path, int] = {}
     with open(jsonl_path, "rb") as fh:
-        for line_no, raw_line in enumerate(fh, start=1):
+        for line_no, raw_line, too_long in _read_lines(fh):
             if line_no == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
                 report.warn("bom", DataIssue(jsonl_path, 1, "", "", "UTF-8 byte-order mark ignored"))
                 raw_line = raw_line[3:]
             if raw_line.endswith(b"\r\n"):
                 report.counts["crlf"] += 1  # harmless; counted without one warning per line
-            if len(raw_line) > MAX_LINE_BYTES:
-                problem("line_too_long", line_no, "", f"{len(raw_line)} bytes",
-                        f"line longer than {MAX_LINE_BYTES} bytes", True)
+            if too_long:
+                problem("line_too_long", line_no, "", "", f"line longer than {MAX_LINE_BYTES} bytes", True)
                 continue
             stripped = raw_line.strip()
             if not stripped:
                 report.warn("blank_line", DataIssue(jsonl_path, line_no, "", "", "blank line ignored"))
                 continue
-            if stripped in seen_lines:
-                problem("duplicate_line", line_no, "", "", f"duplicate of line {seen_lines[stripped]}", True)
+            digest = hashlib.blake2b(stripped, digest_size=16).digest()
+            if digest in seen_lines:
+                problem("duplicate_line", line_no, "", "", f"duplicate of line {seen_lines[digest]}", True)
                 continue
-            seen_lines[stripped] = line_no
+            seen_lines[digest] = line_no
             try:
                 record = _parse_line(stripped, line_no, jsonl_path, data_dir, clip_tolerance, problem)
             except _LineProblem as exc:
                 problem(exc.kind, line_no, exc.field, exc.value, exc.message, True)
                 continue
+            if record.image_path in seen_images:
+                # Two lines for one image would count its objects twice in training and evaluation.
+                problem("duplicate_image", line_no, "image_path", _short(str(record.image_path)),
+                        f"image already listed on line {seen_images[record.image_path]}", True)
+                continue
+            seen_images[record.image_path] = line_no
             records.append(record)
     if errors:
         raise DataValidationError(errors)
     return records, report
 
 
-def _parse_line(text: bytes, line_no: int, jsonl_path: Path, data_dir: Path | None, clip_tolerance: float, problem) -> Record:
+def _read_lines(fh) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, line, too long?). Never holds more than MAX_LINE_BYTES of one line in memory."""
+    line_no = 0
+    while True:
+        raw_line = fh.readline(MAX_LINE_BYTES + 1)
+        if not raw_line:
+            return
+        line_no += 1
+        too_long = len(raw_line) > MAX_LINE_BYTES
+        while too_long and not raw_line.endswith(b"\n"):  # skip the rest of an oversized line
+            raw_line = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw_line:
+                break
+        yield line_no, raw_line, too_long
+
+
+def _parse_line(text: bytes, line_no: int, jsonl_path: Path, data_dir: Path | None, clip_tolerance: float,
+                problem) -> Record:
     try:
         obj = json.loads(text.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
         raise _LineProblem("bad_encoding", "", "", f"line is not valid UTF-8 ({exc.reason})") from None
     except ValueError as exc:  # json.JSONDecodeError and NaN/Infinity literals
-        raise _LineProblem("malformed_json", "", _short(text.decode("utf-8", "replace")), f"malformed JSON: {exc}") from None
+        raise _LineProblem("malformed_json", "", _short(text.decode("utf-8", "replace")),
+                           f"malformed JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise _LineProblem("wrong_type", "", _short(obj), "each line must be a JSON object")
     if "image_path" not in obj:
@@ -236,7 +267,8 @@ def _parse_line(text: bytes, line_no: int, jsonl_path: Path, data_dir: Path | No
     if not isinstance(image_path, str) or not image_path.strip():
         raise _LineProblem("wrong_type", "image_path", _short(image_path), "image_path must be a non-empty string")
     if "bounding_box_annotations" not in obj:
-        raise _LineProblem("missing_field", "bounding_box_annotations", "", "missing field (use [] for an image without objects)")
+        raise _LineProblem("missing_field", "bounding_box_annotations", "",
+                           "missing field (use [] for an image without objects)")
     raw_boxes = obj["bounding_box_annotations"]
     if not isinstance(raw_boxes, list):
         raise _LineProblem("wrong_type", "bounding_box_annotations", _short(raw_boxes), "must be a list")
