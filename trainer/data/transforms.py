@@ -17,14 +17,19 @@ _ZOOM_OUT_FILL = {tv_tensors.Image: (124, 116, 104), "others": 0}
 
 
 class _WithBoxesOnly(torch.nn.Module):
-    """Applies ``transform`` only when the sample has boxes: RandomIoUCrop needs boxes to measure IoU."""
+    """Applies ``transform`` only when the sample has boxes: RandomIoUCrop needs boxes to measure IoU.
+
+    Images too small to crop (a side under ``1 / min_scale`` pixels) are also left alone: RandomIoUCrop would
+    divide by a crop side of ``int(side * scale) == 0``.
+    """
 
     def __init__(self, transform: torch.nn.Module):
         super().__init__()
         self.transform = transform
 
     def forward(self, image, target):
-        if len(target["boxes"]) == 0:
+        too_small = min(image.shape[-2:]) * getattr(self.transform, "min_scale", 0.0) < 1.0
+        if len(target["boxes"]) == 0 or too_small:
             return image, target
         return self.transform(image, target)
 
