@@ -82,6 +82,8 @@ AccountingStorageType=accounting_storage/none
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/backfill
+# Look for newly eligible jobs (e.g. requeued ones) every few seconds rather than every 30-60 s.
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 # Trust the node line below rather than the probed hardware, so CPUs=$CPUS works on any host.
@@ -96,7 +98,7 @@ PartitionName=debug Nodes=node[1-$NODES] Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
-pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_alive() { [ -s "$1" ] && [ -d "/proc/$(cat "$1")" ]; }  # not kill -0: status works for non-root users too
 
 wait_for() {  # wait_for DESCRIPTION COMMAND...: poll COMMAND until it succeeds or START_TIMEOUT_S passes
     local what=$1; shift

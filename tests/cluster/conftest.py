@@ -1,8 +1,8 @@
 """A real single-host SLURM (launch/slurm_local.sh) for the cluster tests, and helpers to run jobs on it.
 
-The session fixture installs Debian's slurm-wlm + munge when missing (root only), starts munged, slurmctld and
-slurmd with their state in a temporary directory and on free ports (so a developer's own local cluster keeps
-running), and stops them by pid at the end.
+The session fixture installs Debian's slurm-wlm + munge when missing (root only), starts munged, slurmctld and a
+slurmd for each of the 2 nodes with their state in a temporary directory and on free ports (so a developer's own
+local cluster keeps running), and stops them by pid at the end.
 """
 from __future__ import annotations
 
@@ -56,9 +56,8 @@ class LocalSlurm:
         return result.stdout
 
     def daemon_pids(self) -> dict[str, int]:
-        run = self.state_dir / "run"
-        return {name: int((run / f"{name}.pid").read_text()) for name in ("munged", "slurmctld", "slurmd")
-                if (run / f"{name}.pid").is_file()}
+        """munged, slurmctld, slurmd-node1, ... -> pid, from the pid files the daemons wrote."""
+        return {pidfile.stem: int(pidfile.read_text()) for pidfile in sorted((self.state_dir / "run").glob("*.pid"))}
 
     def submit(self, batch_script: str, *args: str, options: list[str], env: dict[str, str], output: Path) -> int:
         """``sbatch OPTIONS BATCH_SCRIPT ARGS`` from the repository root; the job's stdout+stderr go to OUTPUT."""
@@ -106,13 +105,13 @@ def local_slurm(tmp_path_factory) -> LocalSlurm:
     if os.geteuid() != 0:
         pytest.skip("slurmd has to run as root to start jobs (run the cluster tests as root, as CI does)")
     cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
-    started = cluster.script("start")
-    if started.returncode != 0 and _slurm_missing():
-        pytest.skip(f"apt-get could not install slurm-wlm/munge:\n{started.stderr[-2000:]}")
-    assert started.returncode == 0, f"slurm_local.sh start failed:\n{started.stderr}"
     try:
+        started = cluster.script("start")
+        if started.returncode != 0 and _slurm_missing():
+            pytest.skip(f"apt-get could not install slurm-wlm/munge:\n{started.stderr[-2000:]}")
+        assert started.returncode == 0, f"slurm_local.sh start failed:\n{started.stderr}"
         yield cluster
-    finally:
+    finally:  # also after a failed start: stop whatever did come up
         pids = cluster.daemon_pids()
         stopped = cluster.script("stop", timeout=120)
         assert stopped.returncode == 0, f"slurm_local.sh stop failed:\n{stopped.stderr}"

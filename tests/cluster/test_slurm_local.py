@@ -6,10 +6,12 @@ import pytest
 pytestmark = [pytest.mark.cluster]
 
 
-def test_status_reports_the_three_daemons(local_slurm):
+def test_status_reports_every_daemon(local_slurm):
     status = local_slurm.script("status", timeout=30)
     assert status.returncode == 0, status.stdout + status.stderr
-    for daemon, pid in local_slurm.daemon_pids().items():
+    pids = local_slurm.daemon_pids()
+    assert sorted(pids) == ["munged", "slurmctld", "slurmd-node1", "slurmd-node2"]
+    for daemon, pid in pids.items():
         assert f"{daemon}: running (pid {pid})" in status.stdout
 
 

@@ -12,6 +12,7 @@ from trainer.deploy.parity import ParityReport
 
 # An int8 model losing more AP than this against fp32 gets a warning line in the summary.
 INT8_AP_DROP_WARNING = 0.01
+SUMMARY_METRICS = ("mAP", "AP50")  # of the checkpoint's recorded validation metrics
 
 
 @dataclass
@@ -71,8 +72,7 @@ def format_summary(*, checkpoint: Path, weights: str, checkpoint_info: Mapping[s
         f"date:              {versions['date']}",
         f"source checkpoint: {checkpoint} ({weights_text})",
         f"trained:           epoch {checkpoint_info.get('epoch')}, global step {checkpoint_info.get('global_step')}"
-        + (", " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
-           if metrics else ""),
+        + "".join(f", validation {k} {metrics[k]:.4f}" for k in SUMMARY_METRICS if isinstance(metrics.get(k), float)),
         f"model:             {model_config.get('name')} ({class_map.num_classes} classes)",
         f"exporter:          torch.onnx TorchScript exporter (dynamo=False), opset {opset}; batch via an ONNX Loop",
         f"versions:          " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "date"),

@@ -6,8 +6,10 @@ a flag; the loop reduces the flag over all processes so every rank stops at the 
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import multiprocessing.util  # imported first: registers multiprocessing's exit hook before ours (hooks run last-in first-out)
 import signal
 import threading
 
@@ -83,3 +85,15 @@ def ignore_stop_signals_in_worker(worker_id: int) -> None:
     before the main process has written its checkpoint (the main process shuts them down itself)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _kill_leftover_workers() -> None:
+    """At exit, multiprocessing stops daemonic children with SIGTERM and waits for them; data workers ignore
+    SIGTERM, so a loader still referenced then (e.g. by the traceback of the error that ended training) would
+    make the process wait forever. Registered after multiprocessing's own exit hook, so it runs first."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(_kill_leftover_workers)

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from trainer.tuning.results import TrialSummary  # noqa: E402
 
@@ -32,6 +33,7 @@ def plot_metric_vs_trial(trials: Sequence[TrialSummary], metric: str, mode: str,
         ax.step([t.number for t in scored], running, where="post", color="black", lw=1, label="best so far")
         ax.legend(loc="best")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{metric} (best epoch)")
     ax.set_title(f"{metric} per trial ({mode})")
     ax.grid(alpha=0.3)
