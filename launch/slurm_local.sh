@@ -179,8 +179,9 @@ stop() {
 }
 
 status() {  # one line per daemon; exit status 0 only when all of them run
-    local name pidfile all_running=0
-    for pidfile in "$MUNGE_PID" "$CTLD_PID" $(for node in $NODE_NAMES; do echo "$STATE_DIR/run/slurmd-$node.pid"; done); do
+    local name pidfile node all_running=0 pidfiles=("$MUNGE_PID" "$CTLD_PID")
+    for node in $NODE_NAMES; do pidfiles+=("$STATE_DIR/run/slurmd-$node.pid"); done
+    for pidfile in "${pidfiles[@]}"; do
         name=$(basename "$pidfile" .pid)
         if pid_alive "$pidfile"; then
             echo "$name: running (pid $(cat "$pidfile"))"

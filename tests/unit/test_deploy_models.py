@@ -16,7 +16,7 @@ import yaml
 from trainer.data.builder import build_datasets
 from trainer.data.dataset import collate_fn
 from trainer.data.images import read_image
-from trainer.deploy.convert import measure_parity
+from trainer.deploy.parity import measure_parity
 from trainer.deploy.onnx_export import export_onnx
 from trainer.deploy.onnx_runtime import OnnxPredictor
 from trainer.models import available_models, build_model

@@ -28,7 +28,7 @@ from trainer.data.images import read_image
 from trainer.data.transforms import build_transforms
 from trainer.deploy.onnx_export import INPUT_NAME, finish_model, trace_single_image_graph
 from trainer.deploy.onnx_runtime import OnnxPredictor
-from trainer.deploy.parity import ParityReport, compare_predictions, median_latency_ms
+from trainer.deploy.parity import compare_predictions, measure_parity, median_latency_ms, pytorch_predict
 from trainer.deploy.quantize import QUANTIZED_OPS, quantize_single_image_graph
 from trainer.deploy.summary import ModelMeasurement, format_summary
 from trainer.deploy.wrapper import PIXEL_SCALE
@@ -55,33 +55,6 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return {"has_ema": checkpoint.get("ema") is not None,
             **{key: checkpoint.get(key) for key in ("epoch", "global_step", "metrics")}}
-
-
-def pytorch_predict(model: nn.Module, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """uint8 images through the PyTorch model, scaled exactly as the exported graph scales them."""
-    with torch.no_grad():
-        return model([image.to(torch.float32).mul(PIXEL_SCALE) for image in images])
-
-
-def crop_to_common_size(images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """A batch tensor shares one H x W: crop every image to the smallest height and width among them."""
-    height = min(image.shape[-2] for image in images)
-    width = min(image.shape[-1] for image in images)
-    return [image[:, :height, :width] for image in images]
-
-
-def measure_parity(model: nn.Module, predictor: OnnxPredictor, images: Sequence[torch.Tensor],
-                   batch_size: int, max_detections: int) -> ParityReport:
-    """ONNX Runtime vs PyTorch on ``images`` in batches of ``batch_size`` (each batch cropped to one size).
-
-    PyTorch's detections are cut to the graph's ``max_detections`` rows (both are sorted by score)."""
-    reference, candidate = [], []
-    for start in range(0, len(images) - batch_size + 1, batch_size):
-        batch = crop_to_common_size(images[start:start + batch_size])
-        reference += [{key: value[:max_detections] for key, value in detections.items()}
-                      for detections in pytorch_predict(model, batch)]
-        candidate += predictor.predict_batch(torch.stack(batch).numpy())
-    return compare_predictions(reference, candidate)
 
 
 def coco_stats(predictor, dataset: DetectionDataset) -> dict[str, float | None]:
@@ -189,6 +162,9 @@ def convert_run(cfg: Mapping) -> Path:
     weights = "ema" if cfg["use_ema"] and info["has_ema"] else "model"
     model_config = dict(config.get("model") or {})
     dataset_cfg = {**(config.get("dataset") or {}), **dict(cfg.get("dataset") or {})}
+    if not (dataset_cfg.get("dataset_dir") or dataset_cfg.get("train_jsonl")):
+        raise ValueError(f"{checkpoint}: its training config names no training data; the export needs training "
+                         "images (parity check, calibration, test_results): pass +dataset.dataset_dir=DIR")
     data = build_datasets(dataset_cfg, classes=list(class_map.names), seed=int(config.get("seed", 0)),
                           train_transforms=build_transforms("none"))
     parity_images = _first_images(data.train, int(cfg["parity_images"]))

@@ -37,7 +37,8 @@ def trace_single_image_graph(detector: nn.Module, path: str | Path, example_imag
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET} (got {opset})")
     if example_image.dtype != torch.uint8 or example_image.dim() != 3 or example_image.shape[0] != 3:
-        raise ValueError(f"example_image must be uint8 [3, H, W], got {example_image.dtype} {list(example_image.shape)}")
+        raise ValueError(f"example_image must be uint8 [3, H, W], got {example_image.dtype} "
+                         f"{list(example_image.shape)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = SingleImageExport(detector, max_detections).eval()

@@ -17,7 +17,7 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     """float [3, H, W] in 0..1 -> uint8. Rounds (truncation would turn 0.99999 * 255 into 254): dataset images
     are ``uint8 * (1/255)``, so rounding recovers their exact pixel values."""
     if image.dtype == torch.uint8:
-        return image
+        return image.cpu()
     return (image.detach().float().cpu() * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 

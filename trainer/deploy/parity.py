@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
+from trainer.deploy.onnx_runtime import OnnxPredictor
+from trainer.deploy.wrapper import PIXEL_SCALE
 
 Detections = Mapping[str, "torch.Tensor | np.ndarray"]
 
@@ -92,6 +96,33 @@ def compare_predictions(reference: Sequence[Detections], candidate: Sequence[Det
     for ref, cand in zip(reference, candidate):
         total.add(compare_image(ref, cand))
     return total
+
+
+def pytorch_predict(model: nn.Module, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """uint8 images through the PyTorch model, scaled exactly as the exported graph scales them."""
+    with torch.no_grad():
+        return model([image.to(torch.float32).mul(PIXEL_SCALE) for image in images])
+
+
+def crop_to_common_size(images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A batch tensor shares one H x W: crop every image to the smallest height and width among them."""
+    height = min(image.shape[-2] for image in images)
+    width = min(image.shape[-1] for image in images)
+    return [image[:, :height, :width] for image in images]
+
+
+def measure_parity(model: nn.Module, predictor: OnnxPredictor, images: Sequence[torch.Tensor],
+                   batch_size: int, max_detections: int) -> ParityReport:
+    """ONNX Runtime vs PyTorch on ``images`` in batches of ``batch_size`` (each batch cropped to one size).
+
+    PyTorch's detections are cut to the graph's ``max_detections`` rows (both are sorted by score)."""
+    reference, candidate = [], []
+    for start in range(0, len(images) - batch_size + 1, batch_size):
+        batch = crop_to_common_size(images[start:start + batch_size])
+        reference += [{key: value[:max_detections] for key, value in detections.items()}
+                      for detections in pytorch_predict(model, batch)]
+        candidate += predictor.predict_batch(torch.stack(batch).numpy())
+    return compare_predictions(reference, candidate)
 
 
 def median_latency_ms(call: Callable[[], object], repeats: int, warmup: int = 2) -> float:

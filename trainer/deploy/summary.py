@@ -102,11 +102,12 @@ def format_summary(*, checkpoint: Path, weights: str, checkpoint_info: Mapping[s
         f"  ONNX Runtime     {fp32.latency_ms:9.2f} ms  ({pytorch_ms / fp32.latency_ms:.2f}x PyTorch speed)",
     ]
     if int8 is not None:
-        lines.append(f"  ONNX int8        {int8.latency_ms:9.2f} ms  ({pytorch_ms / int8.latency_ms:.2f}x PyTorch speed)")
-    lines += ["", f"COCO mAP ({eval_description}, one image per call)"]
+        lines.append(f"  ONNX int8        {int8.latency_ms:9.2f} ms  "
+                     f"({pytorch_ms / int8.latency_ms:.2f}x PyTorch speed)")
     if pytorch_stats is None:
-        lines.append("  not measured (evaluate=false)")
+        lines += ["", "COCO mAP: not measured (evaluate=false)"]
     else:
+        lines += ["", f"COCO mAP ({eval_description}, one image per call)"]
         rows = [("PyTorch", pytorch_stats), ("ONNX fp32", fp32.stats)] + ([("ONNX int8", int8.stats)] if int8 else [])
         for name, stats in rows:
             lines.append(f"  {name:<10} AP {_stat(stats, 'AP')}  AP50 {_stat(stats, 'AP50')}")

@@ -91,9 +91,11 @@ def _kill_leftover_workers() -> None:
     """At exit, multiprocessing stops daemonic children with SIGTERM and waits for them; data workers ignore
     SIGTERM, so a loader still referenced then (e.g. by the traceback of the error that ended training) would
     make the process wait forever. Registered after multiprocessing's own exit hook, so it runs first."""
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    if workers and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report each kill as a worker failure
+    for child in workers:
+        child.kill()
 
 
 atexit.register(_kill_leftover_workers)

@@ -1,0 +1,85 @@
+"""Smoke tests of the benchmark scripts on the tiniest settings: structure of the tables and JSON, no timings."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import learn, run
+
+
+def _run(tmp_path, suite: str) -> tuple[dict, str]:
+    out = tmp_path / "results"
+    report = run.main([f"suite={suite}", "quick=true", "models=[custom_detector]", f"out={out}"])
+    saved = json.loads((out / "latest.json").read_text())
+    assert saved["suites"].keys() == report["suites"].keys() == set(suite.split(","))
+    return saved, (out / "latest.md").read_text()
+
+
+def test_suite_selection():
+    assert run.select_suites("cpu") == list(run.CPU_SUITES)
+    assert run.select_suites("all") == [*run.CPU_SUITES, "gpu"]
+    assert run.select_suites("eval, train") == ["eval", "train"]
+    with pytest.raises(SystemExit, match="suite='nope'"):
+        run.select_suites("nope")
+
+
+def test_unknown_option_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="unknown option"):
+        run.main(["suit=cpu", f"out={tmp_path}"])
+
+
+def test_train_data_eval_suites(tmp_path):
+    saved, markdown = _run(tmp_path, "train,data,eval")
+    (row,) = saved["suites"]["train"]["rows"]
+    assert row["model"] == "custom_detector" and row["ours_img_s"] > 0 and row["bare_img_s"] > 0
+    assert row["ratio"] == pytest.approx(row["ours_img_s"] / row["bare_img_s"])
+    data = saved["suites"]["data"]
+    assert set(data["loader_img_s"]) == {"0", "1"} and set(data["decode_img_s"]) == {"torchvision.io", "PIL"}
+    evaluation = saved["suites"]["eval"]
+    # Same predictions, same ground truth: the two evaluators must agree on every COCO stat.
+    assert evaluation["identical_stats"] and evaluation["max_stat_difference"] < 1e-9
+    assert evaluation["images"] == 20 and evaluation["detections"] == 20 * 100
+    for title in ("1. Training overhead", "2. Data pipeline", "3. Evaluation"):
+        assert f"## {title}" in markdown
+    assert "| custom_detector | 2 |" in markdown
+    assert saved["machine"]["cpu_cores_available"] >= 1
+
+
+def test_inference_suite(tmp_path):
+    saved, markdown = _run(tmp_path, "infer")
+    (row,) = saved["suites"]["infer"]["rows"]
+    assert set(row["latency_ms"]) == {"pytorch", "ort_fp32", "ort_int8"}
+    assert all(value > 0 for value in row["latency_ms"].values())
+    assert row["int8_error"] is None
+    assert "| custom_detector |" in markdown
+
+
+@pytest.mark.slow
+def test_scaling_memory_and_gpu_suites(tmp_path):
+    saved, markdown = _run(tmp_path, "scaling,memory,gpu")
+    scaling = saved["suites"]["scaling"]
+    assert [r["processes"] for r in scaling["train"]] == [1, 2]
+    # One checkpoint evaluated by 1 and by 2 processes: the merge by image id makes the stats equal.
+    assert scaling["eval_stats_identical"]
+    rows = saved["suites"]["memory"]["rows"]
+    assert [(r["model"], r["mode"]) for r in rows] == [("custom_detector", "train"), ("custom_detector", "eval")]
+    assert all(r["peak_mb"] >= r["baseline_mb"] > 0 for r in rows)
+    gpu = saved["suites"]["gpu"]
+    if not torch.cuda.is_available():
+        assert gpu == {"measured": False, "reason": gpu["reason"], "suite_wall_s": gpu["suite_wall_s"]}
+        assert "**No GPU was measured" in markdown
+
+
+@pytest.mark.slow
+def test_learn_sample_check_writes_report(tmp_path):
+    report = learn.main(["check=sample", "sample_images=12", "sample_epochs=1", "num_workers=0",
+                         "sample_overrides=[model.min_size=64,model.max_size=96,training.batch_size=4]",
+                         f"out={tmp_path}"])
+    sample = json.loads((tmp_path / "learn.json").read_text())["sample"]
+    assert sample == report["sample"]
+    assert sample["model"] == "custom_detector" and sample["epochs"] == 1 and sample["cpu_s"] > 0
+    assert set(sample["per_class"]) == {"circle", "square", "triangle"}
+    assert sample["reached"] == (sample["AP50"] is not None and sample["AP50"] >= 0.9)
+    assert "custom_detector on the built-in sample data" in (tmp_path / "learn.md").read_text()
