@@ -1,11 +1,13 @@
 """Helpers of the fault-injection suite: hostile files, real subprocesses with bounded run time."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK_DATA = REPO / "trainer" / "check_data.py"
+# The training-run helpers of the integration tests (run train.py, wait for a checkpoint, compare final weights).
+sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 
 def good_box(label: str = "circle", x0: float = 0.1, y0: float = 0.2, x1: float = 0.6, y1: float = 0.8) -> dict:
@@ -64,3 +68,30 @@ def peak_rss_increase_mb(snippet: str, cwd: Path, timeout: float = 120) -> tuple
     marker = [line for line in result.stdout.splitlines() if line.startswith("PEAK_INCREASE_KB=")]
     assert marker, result.stdout
     return int(marker[-1].split("=")[1]) / 1024, result.stdout
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, size_mb: int) -> Iterator[Path | None]:
+    """A real ``size_mb`` file system at ``mount_point`` (needs root and mount rights), unmounted afterwards; yields
+    None where mounting is not allowed."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount_point)],
+        capture_output=True, timeout=30).returncode == 0
+    try:
+        yield mount_point if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "--lazy", str(mount_point)], check=True, timeout=30)
+
+
+def fill_up(filesystem: Path, leave_bytes: int) -> Path:
+    """Writes a file that leaves only ``leave_bytes`` free on ``filesystem``."""
+    stats = os.statvfs(filesystem)
+    filler = filesystem / "filler"
+    with filler.open("wb") as out:
+        remaining = max(stats.f_bavail * stats.f_frsize - leave_bytes, 0)
+        chunk = b"\0" * (1 << 20)
+        while remaining > 0:
+            remaining -= out.write(chunk[:remaining])
+    return filler

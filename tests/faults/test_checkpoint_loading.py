@@ -78,7 +78,7 @@ def test_tampered_best_model_is_refused_and_its_code_never_runs(model, tmp_path,
         torch.save(payload, path)
     else:
         with path.open("wb") as out:
-            pickle.dump(payload, out)
+            pickle.dump(payload, out, protocol=2)  # the protocol torch.save uses
     assert not marker.exists()
     with pytest.raises(ValueError, match=r"weights_only=True") as info:
         load_trained_model(path)

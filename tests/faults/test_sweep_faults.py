@@ -1,0 +1,85 @@
+"""A Ray Tune trial whose process dies (SIGKILL, as the OOM killer would) is retried from its last checkpoint and the
+sweep completes. Uses the sweep tests' RaySandbox so every Ray process of the test is found and stopped by pid."""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from fault_tools import REPO
+from sweep_runs import LOCAL_RAY, TINY, RaySandbox, data_args, sweep_command
+
+pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture
+def ray_sandbox():
+    sandbox = RaySandbox()
+    yield sandbox
+    leaked = sandbox.close()
+    assert not leaked, f"Ray processes still running after the test (killed now): {leaked}"
+
+
+def trial_process(sandbox: RaySandbox) -> psutil.Process | None:
+    """The Ray worker process that runs the (single) trial: Ray names it after the trainable's actor."""
+    for process in sandbox.processes():
+        try:
+            if "ImplicitFunc" in process.name() or "ImplicitFunc" in " ".join(process.cmdline()):
+                return process
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return None
+
+
+def epoch_checkpoint(root: Path) -> Path | None:
+    """The trial's engine checkpoint at the end of epoch 1, once written."""
+    for state in root.glob("*/*/trial_*/checkpoints/last/trainer_state.json"):
+        try:
+            if json.loads(state.read_text())["epoch"] >= 1:
+                return state.parent
+        except (OSError, json.JSONDecodeError, KeyError):
+            continue
+    return None
+
+
+def test_a_crashed_trial_is_retried_from_its_checkpoint_and_the_sweep_completes(sample_dataset_dir, tmp_path,
+                                                                                ray_sandbox):
+    root = tmp_path / "multirun"
+    command = sweep_command(*TINY, *LOCAL_RAY, *data_args(sample_dataset_dir), f"sweep.root={root}",
+                            f"sweep.best_config_dir={tmp_path / 'best'}", "sweep.num_samples=1",
+                            "sweep.max_failures=2", "training.num_epochs=3", "sweep.scheduler.grace_period=3")
+    driver = subprocess.Popen(command, cwd=REPO, env=ray_sandbox.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while epoch_checkpoint(root) is None:
+            assert driver.poll() is None, f"the sweep ended before the crash:\n{driver.stdout.read()[-4000:]}"
+            assert time.monotonic() < deadline, "no trial checkpoint within 300 s"
+            time.sleep(0.2)
+        victim = trial_process(ray_sandbox)
+        assert victim is not None, [p.name() for p in ray_sandbox.processes()]
+        victim.send_signal(signal.SIGKILL)
+        output, _ = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+    assert driver.returncode == 0, output[-6000:]
+
+    [sweep_dir] = [p for p in root.glob("*/*") if p.is_dir()]
+    with open(sweep_dir / "trials.csv", newline="") as handle:
+        [trial] = list(csv.DictReader(handle))
+    assert trial["status"] == "completed" and int(trial["epochs"]) == 3, trial
+    train_log = (Path(trial["run_dir"]) / "train.log").read_text()
+    assert train_log.count("resumed from") == 1, "the retry must continue from the checkpoint, not start over"
+    summary = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert summary["num_trials"] == 1 and summary["num_errored"] == 0
+    with open(Path(trial["run_dir"]) / "metrics.csv", newline="") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3]
