@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import BCCD_DIR, compose_train_config, interleaved, median, sample_data
-from trainer.data.classes import ClassMap
+from benchmarks.common import BCCD_DIR, best, compose_train_config, interleaved, sample_data
 from trainer.data.images import read_image
 from trainer.data.records import load_records
 from trainer.deploy.convert import export_files, pytorch_predict
@@ -50,7 +49,7 @@ def measure_model(model_name: str, images: list[torch.Tensor], settings: Inferen
         if int8 is not None:
             calls["ort_int8"] = lambda: int8.run(batch)
         times = interleaved(calls, repeats=settings.repeats)
-    ms = {name: 1000 * median(values) for name, values in times.items()}
+    ms = {name: 1000 * best(values) for name, values in times.items()}
     return {"model": model_name, "latency_ms": ms, "ort_vs_pytorch": ms["ort_fp32"] / ms["pytorch"],
             "int8_vs_fp32": ms["ort_int8"] / ms["ort_fp32"] if "ort_int8" in ms else None,
             "int8_error": int8_error, "threads": threads}

@@ -1,7 +1,7 @@
 """Suite 6, memory: peak RSS of training and of evaluation per model at the default batch size and input size.
 
 Each measurement runs in a fresh process (``python -m benchmarks.memory MODE MODEL DATA_DIR``) that reports its
-own ``resource.getrusage`` peak; the baseline is its resident memory after the imports, before any model exists
+own peak (``VmHWM``); the baseline is its resident memory after the imports, before any model exists
 (importing torch alone peaks at ~0.6 GB here).
 """
 from __future__ import annotations
@@ -26,7 +26,14 @@ class MemorySettings:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    """This process's peak resident memory. ``VmHWM`` belongs to the process image (reset by exec), unlike
+    ``getrusage``'s ``ru_maxrss``, which a child inherits from the parent it was forked from."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux (macOS: bytes)
 
 
 def measure_in_this_process(mode: str, model: str, data_dir: Path, steps: int, eval_images: int) -> dict:

@@ -7,7 +7,8 @@ rank 0 writes the shared files):
   temporary directory and before it is renamed into place.
 - ``FAULT_ENOSPC_IN_CHECKPOINT_WRITE=N``: the Nth checkpoint write fails half-way through a file with
   ``OSError(ENOSPC)`` (for machines where a small file system cannot be mounted).
-- ``FAULT_NONFINITE_STEPS=3,4,5``: the training loss is NaN in these training forward passes (1-based).
+- ``FAULT_NONFINITE_STEPS=3,4,5``: the input images are NaN in these training forward passes (1-based), so every
+  activation (and the normalisation layers' running statistics) and the loss are NaN.
 """
 from __future__ import annotations
 
@@ -72,20 +73,22 @@ def _install_nonfinite_loss() -> None:
     if not steps:
         return
     build_model = loop.build_model
+    training_forwards = 0
 
     def build_poisoned_model(*args, **kwargs):
         model = build_model(*args, **kwargs)
-        forward, calls = model.forward, [0]
 
-        def poisoned_forward(*f_args, **f_kwargs):
-            out = forward(*f_args, **f_kwargs)
-            if model.training:
-                calls[0] += 1
-                if calls[0] in steps:
-                    out = {key: value * float("nan") for key, value in out.items()}
-            return out
+        # A subclass rather than a patched attribute: copies of the model (the EMA) stay self-consistent.
+        class Poisoned(type(model)):
+            def forward(self, images, *f_args, **f_kwargs):
+                nonlocal training_forwards
+                if self.training:
+                    training_forwards += 1
+                    if training_forwards in steps:  # NaN pixels: every activation and the loss become NaN
+                        images = [image * float("nan") for image in images]
+                return super().forward(images, *f_args, **f_kwargs)
 
-        model.forward = poisoned_forward
+        model.__class__ = Poisoned
         return model
 
     loop.build_model = build_poisoned_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -95,3 +96,20 @@ def fill_up(filesystem: Path, leave_bytes: int) -> Path:
         while remaining > 0:
             remaining -= out.write(chunk[:remaining])
     return filler
+
+
+def kill_tree(process: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
+    """Sends ``sig`` to ``process`` and every process under it. torchrun starts each rank in its own session, so
+    signalling the launcher's process group would leave the ranks running; a machine that dies takes them all."""
+    import psutil
+
+    try:
+        root = psutil.Process(process.pid)
+        tree = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(sig)
+    psutil.wait_procs(tree, timeout=timeout)
+    process.wait(timeout=timeout)

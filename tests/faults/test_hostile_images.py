@@ -3,7 +3,6 @@ when not strict, the image dropped and counted), never a hang, never gigabytes a
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import struct
@@ -19,7 +18,7 @@ from trainer.data.builder import build_datasets
 from trainer.data.check import check_dataset
 from trainer.data.classes import ClassMap
 from trainer.data.dataset import DetectionDataset
-from trainer.data.images import ImageReadError, image_size, read_image
+from trainer.data.images import ImageReadError
 from trainer.data.records import DataValidationError, load_records
 from trainer.data.transforms import build_transforms
 from trainer.engine.data import build_train_loader
@@ -38,7 +37,8 @@ def huge_png_header(path, side: int = HUGE_SIDE) -> None:
     the shape of a decompression bomb, 1 KB on disk."""
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 65536, 9)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+    chunks = png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
 
 
 def corrupt_jpeg(path) -> None:

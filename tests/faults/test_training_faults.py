@@ -9,19 +9,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from fault_tools import REPO, fill_up, mounted_tmpfs
-from train_runs import (assert_ok, final_weights, last_state, run_training, stop, train_command, train_env,
-                        wait_for_checkpoint)
+from fault_tools import REPO, fill_up, kill_tree, mounted_tmpfs
+from train_runs import assert_ok, final_weights, last_state, run_training, train_command, train_env, wait_for_checkpoint
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -81,7 +81,9 @@ def reference(sample_dataset_dir, tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("processes,seed", [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)])
+@pytest.mark.parametrize("processes,seed", [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)],
+                         ids=["1process-seed0", "1process-seed1", "1process-seed2", "2processes-seed0",
+                              "2processes-seed1"])
 def test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted(sample_dataset_dir, tmp_path, reference,
                                                                       processes, seed):
     rng = random.Random(seed)
@@ -94,7 +96,7 @@ def test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted(sample_dat
         wait_for_checkpoint(process, tmp_path, lambda s: s["global_step"] >= kill_after_step, timeout=240)
         time.sleep(extra_delay)
     finally:
-        stop(process, signal.SIGKILL)
+        kill_tree(process, signal.SIGKILL)
     killed_at = last_state(tmp_path)["global_step"]
     assert_checkpoints_complete(tmp_path)
 
@@ -106,7 +108,7 @@ def test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted(sample_dat
     assert_checkpoints_complete(tmp_path)
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("processes", [1, 2], ids=["1process", "2processes"])
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(sample_dataset_dir, tmp_path, reference, processes):
     cmd = command(sample_dataset_dir, tmp_path, processes=processes, launcher=FAULT_LAUNCH)
     result = subprocess.run(cmd, cwd=REPO, env=train_env(FAULT_KILL_IN_CHECKPOINT_WRITE="3"), capture_output=True,
@@ -124,27 +126,31 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(sample_dataset_di
     assert_same_weights(tmp_path, reference[processes])
 
 
-@pytest.mark.parametrize("sig,processes", [(signal.SIGUSR1, 1), (signal.SIGTERM, 2)])
+# One process with 2 data-loader workers: the signal reaches the workers too, which must survive it. Two processes:
+# torchrun gets it and forwards it to the ranks (each in its own session).
+@pytest.mark.parametrize("sig,processes,workers", [
+    pytest.param(signal.SIGUSR1, 1, 2, id="SIGUSR1-1process-2workers"),
+    pytest.param(signal.SIGTERM, 2, 0, id="SIGTERM-2processes"),
+])
 def test_stop_signal_checkpoints_and_exits_within_the_grace_period(sample_dataset_dir, tmp_path, reference, sig,
-                                                                   processes):
-    cmd = command(sample_dataset_dir, tmp_path, processes=processes)
+                                                                   processes, workers):
+    cmd = command(sample_dataset_dir, tmp_path, f"training.num_workers={workers}", processes=processes)
     process = start(cmd)
     try:
         before = wait_for_checkpoint(process, tmp_path, lambda s: s["global_step"] >= 3, timeout=240)
         signalled = time.monotonic()
-        # As SLURM and the launchers do it: the whole process group (launcher, every rank, data workers).
-        os.killpg(process.pid, sig)
+        os.killpg(process.pid, sig)  # the launcher's whole process group, as a terminal or a job scheduler does
         output, _ = process.communicate(timeout=GRACE_PERIOD_S)
         took = time.monotonic() - signalled
     finally:
-        stop(process, signal.SIGKILL)
+        kill_tree(process)
     if last_state(tmp_path)["finished"]:
         pytest.fail(f"the run finished before the signal arrived; lower the step at which to signal:\n{output[-2000:]}")
     # One process: train.py's own code. Under torchrun the launcher reports a failed worker with 1.
     assert process.returncode == (75 if processes == 1 else 1), output[-3000:]
     assert took < GRACE_PERIOD_S
     after = last_state(tmp_path)
-    assert after["global_step"] > before["global_step"] - 1 and after["finished"] is None
+    assert after["global_step"] >= before["global_step"] and after["finished"] is None
     assert f"stopping on {sig.name}" in (tmp_path / "train.log").read_text()
     assert_checkpoints_complete(tmp_path)
     assert_ok(run_training(cmd, timeout=300))
@@ -175,11 +181,12 @@ def test_repeated_nonfinite_loss_stops_cleanly_with_the_last_good_checkpoint(sam
     assert "non-finite for 3 consecutive optimizer steps" in log and "The last good checkpoint is" in log
     state = last_state(tmp_path)
     assert state["nonfinite_total"] <= 3 and state["global_step"] <= 5
-    complete = assert_checkpoints_complete(tmp_path)
-    # The skipped steps changed nothing: every checkpoint left holds the weights of step 2.
-    weights = [load_file(c / "model.safetensors") for c in complete]
-    for other in weights[1:]:
-        assert all(torch.equal(other[k], weights[0][k]) for k in weights[0])
+    complete = assert_checkpoints_complete(tmp_path)  # finite weights and statistics, loadable
+    # The skipped steps changed no parameter: every checkpoint left holds the parameters of step 2.
+    parameters = [{k: v for k, v in load_file(c / "model.safetensors").items()
+                   if "running_" not in k and "num_batches_tracked" not in k} for c in complete]
+    for other in parameters[1:]:
+        assert all(torch.equal(other[k], parameters[0][k]) for k in parameters[0])
 
 
 def test_disk_full_during_a_checkpoint_is_a_clear_error_and_keeps_the_previous_one(sample_dataset_dir, tmp_path,
@@ -197,7 +204,7 @@ def test_disk_full_during_a_checkpoint_is_a_clear_error_and_keeps_the_previous_o
                 os.killpg(process.pid, signal.SIGCONT)
             output, _ = process.communicate(timeout=240)
         finally:
-            stop(process, signal.SIGKILL)
+            kill_tree(process)
         assert process.returncode not in (0, 75), output[-3000:]
         assert "could not write checkpoint" in output and "No space left on device" in output, output[-3000:]
         assert "The previous checkpoint is intact" in output
@@ -208,3 +215,26 @@ def test_disk_full_during_a_checkpoint_is_a_clear_error_and_keeps_the_previous_o
             (filesystem / "filler").unlink()  # space again: the run resumes from the intact checkpoint
         assert_ok(run_training(command(sample_dataset_dir, run_dir), timeout=300))
         assert_same_weights(run_dir, reference[1])
+
+
+def test_image_deleted_during_training_stops_with_its_name_and_no_hang(sample_dataset_dir, tmp_path):
+    """With data-loader workers (which ignore SIGTERM): the error names the file, the process exits within seconds
+    instead of waiting forever for its workers at exit, and no worker outlives it."""
+    data = tmp_path / "data_copy"
+    shutil.copytree(sample_dataset_dir, data)
+    victim = data / json.loads((data / "train.jsonl").read_text().splitlines()[0])["image_path"]
+    run_dir = tmp_path / "run"
+    process = start(command(data, run_dir, "training.num_workers=2"))
+    try:
+        wait_for_checkpoint(process, run_dir, lambda s: s["global_step"] >= 1, timeout=240)
+        os.killpg(process.pid, signal.SIGSTOP)  # paused while the file disappears
+        victim.unlink()
+        os.killpg(process.pid, signal.SIGCONT)
+        output, _ = process.communicate(timeout=120)  # a hang at exit fails here
+    finally:
+        kill_tree(process)
+    assert process.returncode not in (0, 75)
+    assert f"cannot read image {victim}: No such file or directory" in output, output[-3000:]
+    assert_checkpoints_complete(run_dir)
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+    assert not left, f"processes of the failed run still alive: {[p.pid for p in left]}"

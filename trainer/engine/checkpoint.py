@@ -178,7 +178,11 @@ class CheckpointManager:
         saved.sort(key=lambda p: ((p / TRAINER_STATE_FILE).stat().st_mtime_ns, p.name))
         for old in saved[: max(len(saved) - self.keep_last, 0)]:
             if old.resolve() != keep:
-                shutil.rmtree(old, ignore_errors=True)
+                # Renamed first (atomic): a kill while deleting leaves a .tmp- directory (removed by the next
+                # save), never a half-deleted checkpoint that still looks complete.
+                trash = old.with_name(f"{TMP_PREFIX}{old.name}")
+                os.rename(old, trash)
+                shutil.rmtree(trash, ignore_errors=True)
 
     def load(self, checkpoint_dir: Path, extra_keys: list[str]) -> tuple[dict, dict[str, dict]]:
         """Restore Accelerate's state in place; return ``(trainer_state, {key: state dict})``."""

@@ -291,6 +291,9 @@ class Trainer:
         sums: dict[str, float] = {}
         finite = True
         images_in_step = 0
+        # Forward passes update normalisation statistics (BatchNorm running mean/var) whatever the loss; a skipped
+        # step must leave them as they were, or the NaN activations that made it non-finite would stay in the model.
+        buffers_before = [buffer.detach().clone() for buffer in model.buffers()]
         for micro in range(self.accum):
             images, targets = to_device(*next(batches), acc.device)
             images_in_step += len(images) * acc.num_processes
@@ -322,6 +325,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # the schedule counts every step, skipped or not
         if not finite:
+            with torch.no_grad():
+                for buffer, before in zip(model.buffers(), buffers_before):
+                    buffer.copy_(before)
             self.on_nonfinite_step()
             return None, images_in_step
         self.state.nonfinite_consecutive = 0
