@@ -67,7 +67,7 @@ class DataIssue:
         where = f"{self.source}:{self.line}" if self.line else str(self.source)
         fld = f" field {self.field!r}" if self.field else ""
         val = f" (value: {self.value})" if self.value else ""
-        return f"{where}:{fld}{val} {self.message}" if fld or val else f"{where}: {self.message}"
+        return f"{where}:{fld}{val}: {self.message}" if fld or val else f"{where}: {self.message}"
 
 
 class DataValidationError(ValueError):
