@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,24 +53,35 @@ def timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each entry, alternating A, B, A, B... so slow phases of a noisy machine hit both."""
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, min_seconds: float = 0.0,
+                max_repeats: int = 40) -> dict[str, list[float]]:
+    """Seconds per call of each entry, alternating A, B, A, B... so slow phases of a noisy machine hit both.
+
+    Runs at least ``repeats`` rounds and keeps going (up to ``max_repeats``) until ``min_seconds`` have passed,
+    so fast calls get many samples."""
     for _ in range(warmup):
         for call in calls.values():
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for index in range(repeats):
+    started = time.perf_counter()
+    index = 0
+    while index < repeats or (time.perf_counter() - started < min_seconds and index < max_repeats):
         # Alternate the order too, so neither side always runs right after the other's cache warm-up.
         names = list(calls) if index % 2 == 0 else list(reversed(calls))
         for name in names:
             times[name].append(timed(calls[name]))
+        index += 1
     return times
 
 
-def best(values: Sequence[float]) -> float:
-    """The fastest of the interleaved repeats: other jobs on a shared machine only ever add time, so the minimum
-    is the least disturbed measurement of each side (as ``timeit`` reports)."""
-    return float(min(values))
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median over rounds of ``numerator[i] / denominator[i]``: each pair ran back to back, so load that comes
+    and goes between rounds cancels within a pair."""
+    return float(statistics.median(a / b for a, b in zip(numerator, denominator)))
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
 
 
 def machine() -> dict:

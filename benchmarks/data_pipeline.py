@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
-from benchmarks.common import BCCD_DIR, best, interleaved, sample_data, timed
+from benchmarks.common import BCCD_DIR, interleaved, median, sample_data, timed
 from benchmarks.training import BareLoop, Settings, engine_trainer
 from trainer.data.builder import build_datasets
 from trainer.data.dataset import DetectionDataset
@@ -45,7 +45,7 @@ def loader_images_per_s(dataset, batch_size: int, workers: int, repeats: int) ->
         for _ in loader:
             pass
 
-    seconds = best([timed(epoch) for _ in range(repeats)])  # worker start-up included, as in training
+    seconds = median([timed(epoch) for _ in range(repeats)])  # worker start-up included, as in training
     return steps * batch_size / seconds
 
 
@@ -66,7 +66,7 @@ def decode_rates(paths: list[Path], repeats: int) -> dict[str, float]:
                 torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
 
     times = interleaved({"torchvision.io": torchvision_io, "PIL": pil}, repeats=repeats)
-    return {name: len(blobs) / best(values) for name, values in times.items()}
+    return {name: len(blobs) / median(values) for name, values in times.items()}
 
 
 def consumption_images_per_s(work_dir: Path, settings: DataSettings) -> float:
@@ -80,7 +80,7 @@ def consumption_images_per_s(work_dir: Path, settings: DataSettings) -> float:
         bare = BareLoop(engine_trainer(settings.consumer_model, data_dir, Path(run_dir), train_settings))
     bare.loader = list(bare.loader)  # pre-loaded batches: time only forward/backward/step
     bare.round()  # warm-up
-    seconds = best([timed(bare.round) for _ in range(settings.repeats)])
+    seconds = median([timed(bare.round) for _ in range(settings.repeats)])
     return bare.steps * settings.batch_size / seconds
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from benchmarks.common import BCCD_DIR, best, interleaved, sample_data
+from benchmarks.common import BCCD_DIR, interleaved, median, paired_ratio, sample_data
 from trainer.data.builder import build_datasets
 from trainer.data.images import _header_size
 from trainer.evaluation.coco import build_coco_ground_truth, to_coco_results
@@ -25,7 +25,7 @@ from trainer.evaluation.metrics import STAT_NAMES, compute_metrics
 class EvalSettings:
     max_images: int = 364
     detections_per_image: int = 100
-    repeats: int = 3
+    repeats: int = 5
     seed: int = 0
 
 
@@ -110,8 +110,8 @@ def run(work_dir: Path, settings: EvalSettings) -> dict:
     return {"images": len(records), "ground_truth_boxes": sum(len(r.boxes) for r in records),
             "detections": sum(len(p["scores"]) for p in predictions.values()),
             "source": "bccd (all images)" if root == BCCD_DIR else "synthetic sample",
-            "ours_s": best(times["ours"]), "pycocotools_s": best(times["pycocotools"]),
-            "ratio": best(times["ours"]) / best(times["pycocotools"]),
+            "ours_s": median(times["ours"]), "pycocotools_s": median(times["pycocotools"]),
+            "ratio": paired_ratio(times["ours"], times["pycocotools"]),
             "max_stat_difference": difference, "identical_stats": difference < 1e-9,
             "stats": dict(zip(STAT_NAMES, stats["ours"].tolist()))}
 

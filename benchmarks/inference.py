@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import BCCD_DIR, best, compose_train_config, interleaved, sample_data
+from benchmarks.common import BCCD_DIR, compose_train_config, interleaved, median, paired_ratio, sample_data
 from trainer.data.images import read_image
 from trainer.data.records import load_records
 from trainer.deploy.convert import export_files, pytorch_predict
@@ -49,9 +49,9 @@ def measure_model(model_name: str, images: list[torch.Tensor], settings: Inferen
         if int8 is not None:
             calls["ort_int8"] = lambda: int8.run(batch)
         times = interleaved(calls, repeats=settings.repeats)
-    ms = {name: 1000 * best(values) for name, values in times.items()}
-    return {"model": model_name, "latency_ms": ms, "ort_vs_pytorch": ms["ort_fp32"] / ms["pytorch"],
-            "int8_vs_fp32": ms["ort_int8"] / ms["ort_fp32"] if "ort_int8" in ms else None,
+    ms = {name: 1000 * median(values) for name, values in times.items()}
+    return {"model": model_name, "latency_ms": ms, "ort_vs_pytorch": paired_ratio(times["ort_fp32"], times["pytorch"]),
+            "int8_vs_fp32": paired_ratio(times["ort_int8"], times["ort_fp32"]) if "ort_int8" in ms else None,
             "int8_error": int8_error, "threads": threads}
 
 
@@ -62,7 +62,8 @@ def run(models: list[str], work_dir: Path, settings: InferenceSettings) -> dict:
 
 
 def to_markdown(result: dict) -> str:
-    lines = [f"One {result['images']} image per call, batch 1, weights {result['weights']}.", "",
+    lines = [f"One {result['images']} image per call, batch 1, weights {result['weights']}. Latencies are medians; "
+             "ratios are medians of per-round ratios.", "",
              "| model | PyTorch eager ms | ORT fp32 ms | ORT int8 ms | ORT / PyTorch | target <= 0.8 | int8 / fp32 |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:

@@ -45,6 +45,7 @@ DEFAULTS = {
     "bccd_models": ["ssdlite", "faster_rcnn_320"],
     "bccd_epochs": {"ssdlite": 2, "faster_rcnn_320": 1},  # the budget per model (same for both loops)
     "batch_size": 4,
+    "ours_overrides": [],  # extra engine overrides for the bccd check (e.g. a warmup that fits the budget)
     "reference_lr": 0.01,  # the upstream default, used as is: no scaling by batch size, no warmup, no decay
     "num_workers": 1,
 }
@@ -130,14 +131,14 @@ def bccd_check(options, work_dir: Path) -> list[dict]:
         run_dir = work_dir / f"bccd_{model_name}"
         overrides = [f"model={model_name}", *split_overrides(BCCD_DIR), f"training.num_epochs={epochs}",
                      f"training.eval_every={epochs}", f"training.batch_size={int(options.batch_size)}",
-                     f"training.num_workers={int(options.num_workers)}"]
+                     f"training.num_workers={int(options.num_workers)}", *options.ours_overrides]
         summary, cpu, wall = train_with_engine(overrides, run_dir)
         model, class_map, _ = load_trained_model(run_dir / "best_model.pth")
         val_set = build_datasets(compose_train_config(overrides).dataset, classes=list(class_map.names)).val
         ours = {"cpu_s": cpu, "wall_s": wall, "status": summary["status"], **evaluate(model, val_set)}
         reference, ref_cpu, ref_wall = reference_loop(model_name, epochs, options)
         rows.append({"model": model_name, "epochs": epochs, "batch_size": int(options.batch_size),
-                     "ours": ours, "reference": {"cpu_s": ref_cpu, "wall_s": ref_wall, **reference}})
+                     "ours_overrides": list(options.ours_overrides), "ours": ours, "reference": {"cpu_s": ref_cpu, "wall_s": ref_wall, **reference}})
     return rows
 
 
@@ -164,7 +165,8 @@ def to_markdown(report: dict) -> str:
                   f"batch {row['batch_size']}", "", f"Measured {row['finished']} with `{row['command']}`.", "",
                   "| | val mAP | val AP50 | " + " | ".join(f"AP50 {c}" for c in ours["per_class"]) + " | CPU s |",
                   "|---|---|---|" + "---|" * len(ours["per_class"]) + "---|"]
-        for label, side in (("ours (engine defaults)", ours), ("bare reference (fixed LR)", ref)):
+        engine = f"`{' '.join(row['ours_overrides'])}`" if row.get("ours_overrides") else "defaults"
+        for label, side in ((f"ours (engine, {engine})", ours), ("bare reference (fixed LR)", ref)):
             lines.append(f"| {label} | {_num(side['mAP'])} | {_num(side['AP50'])} | "
                          + " | ".join(_num(side["per_class"][c]["AP50"]) for c in ours["per_class"])
                          + f" | {side['cpu_s']:.0f} |")
@@ -184,7 +186,7 @@ def main(argv: list[str]) -> dict:
         raise SystemExit(f"unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     if options.check not in ("all", "sample", "bccd"):
         raise SystemExit(f"check={options.check!r}: choose all, sample or bccd")
-    command = "python benchmarks/learn.py " + " ".join(argv)
+    command = " ".join(["python benchmarks/learn.py", *argv])
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "learn.json"
@@ -194,8 +196,11 @@ def main(argv: list[str]) -> dict:
         if options.check in ("all", "sample"):
             report["sample"] = {**sample_check(options, Path(work_dir)), "command": command, "finished": _now()}
         if options.check in ("all", "bccd"):
-            report["bccd"] = [{**row, "command": command, "finished": _now()}
-                              for row in bccd_check(options, Path(work_dir))]
+            new = [{**row, "command": command, "finished": _now()} for row in bccd_check(options, Path(work_dir))]
+            # A rerun replaces the rows of the same model and engine overrides and keeps the others.
+            replaced = {(row["model"], tuple(row["ours_overrides"])) for row in new}
+            report["bccd"] = [row for row in report.get("bccd", [])
+                              if (row["model"], tuple(row.get("ours_overrides", []))) not in replaced] + new
     (out / "learn.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "learn.md").write_text(to_markdown(report))
     print(to_markdown(report))

@@ -60,7 +60,7 @@ def select_suites(value: str) -> list[str]:
 
 def settings_for(quick: bool, mixed_precision: str) -> dict:
     if quick:
-        return {"train": training.Settings(steps=1, repeats=1, batch_size=2, image_size=(128, 96),
+        return {"train": training.Settings(steps=1, repeats=1, min_seconds=0, batch_size=2, image_size=(128, 96),
                                            mixed_precision=mixed_precision),
                 "data": data_pipeline.DataSettings(num_images=4, batch_size=2, workers=(0, 1), decode_images=4,
                                                    repeats=1, consumer_image_size=(128, 96)),
@@ -123,7 +123,7 @@ def main(argv: list[str]) -> dict:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    report = {"command": "python benchmarks/run.py " + " ".join(argv), "machine": machine(),
+    report = {"command": " ".join(["python benchmarks/run.py", *argv]), "machine": machine(),
               "settings": {name: vars(value) for name, value in settings.items()}, "suites": {}}
     sections = {}
     with tempfile.TemporaryDirectory() as work_dir:

@@ -74,7 +74,7 @@ def run(work_dir: Path, settings: ScalingSettings) -> dict:
     return {"model": settings.model, "global_batch": settings.global_batch, "train": [runs[1], runs[2]],
             "throughput_ratio": runs[2]["images_per_s"] / runs[1]["images_per_s"],
             "eval_stats_identical": stats[1] == stats[2], "eval_stats": stats[1],
-            "note": "2 processes share the same 2 CPU cores (1 thread each) as the single process (2 threads)"}
+            "threads_per_process": {p: max(1, torch.get_num_threads() // p) for p in (1, 2)}}
 
 
 def gpu_suite(work_dir: Path, models: list[str]) -> dict:
@@ -98,8 +98,9 @@ def gpu_suite(work_dir: Path, models: list[str]) -> dict:
 def to_markdown(result: dict) -> str:
     one, two = result["train"]
     return "\n".join([
-        f"`trainer/train.py`, {result['model']} (small input), global batch {result['global_batch']}; "
-        f"{result['note']}.", "",
+        f"`trainer/train.py`, {result['model']} (small input), global batch {result['global_batch']}; the same CPU "
+        f"cores, {result['threads_per_process'][1]} torch thread(s) in the single process, "
+        f"{result['threads_per_process'][2]} in each of the two.", "",
         "| processes | train img/s (last epoch) | loss | 2 vs 1 |", "|---|---|---|---|",
         f"| 1 | {one['images_per_s']:.2f} | {one['loss']:.4f} | |",
         f"| 2 | {two['images_per_s']:.2f} | {two['loss']:.4f} | {result['throughput_ratio']:.2f}x |", "",

@@ -10,7 +10,7 @@ import numpy as np
 
 from trainer.data.classes import ClassMap
 from trainer.data.dataset import DetectionDataset
-from trainer.data.images import ImageReadError, image_size
+from trainer.data.images import ImageReadError, image_size, read_image
 from trainer.data.records import DataIssue, DataValidationError, Record, ValidationReport, load_records
 from trainer.data.transforms import build_transforms
 
@@ -65,10 +65,26 @@ def load_split(jsonl: str | Path, data_dir: str | Path | None = None, strict: bo
     Reading headers only keeps this fast; ``check_data`` also decodes every image.
     """
     records, report = load_records(jsonl, data_dir, strict=strict, clip_tolerance=clip_tolerance)
+    usable, errors = drop_unreadable_images(records, report, strict, max_image_pixels)
+    if errors:
+        raise DataValidationError(errors)
+    return usable, report
+
+
+def drop_unreadable_images(records: Sequence[Record], report: ValidationReport, strict: bool,
+                           max_image_pixels: int | None = None,
+                           decode: bool = False) -> tuple[list[Record], list[DataIssue]]:
+    """``(readable records, errors)``: header read (and every pixel decoded when ``decode``).
+
+    An unreadable image is an error naming file and line when ``strict``; otherwise the record is
+    dropped and counted in ``report`` as ``unreadable_image``.
+    """
     usable, errors = [], []
     for record in records:
         try:
             image_size(record.image_path, max_image_pixels)
+            if decode:
+                read_image(record.image_path, max_image_pixels)  # finds truncated and corrupt pixel data
         except ImageReadError as exc:
             issue = DataIssue(record.source, record.line, "image_path", str(record.image_path), exc.reason)
             if strict:
@@ -77,9 +93,7 @@ def load_split(jsonl: str | Path, data_dir: str | Path | None = None, strict: bo
                 report.warn("unreadable_image", issue)
             continue
         usable.append(record)
-    if errors:
-        raise DataValidationError(errors)
-    return usable, report
+    return usable, errors
 
 
 def split_off_validation(records: Sequence[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:

@@ -7,7 +7,8 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from trainer.data.classes import ClassMap
-from trainer.data.images import ImageReadError, image_size, read_image
+from trainer.data.builder import drop_unreadable_images
+from trainer.data.images import image_size
 from trainer.data.records import DataIssue, DataValidationError, Record, ValidationReport, load_records
 
 # COCO's object-size buckets, by box area in pixels.
@@ -40,21 +41,9 @@ def check_dataset(jsonl: str | Path, data_dir: str | Path | None = None, classes
             return CheckResult(False, errors)
         records, report = load_records(jsonl, data_dir, strict=False, clip_tolerance=clip_tolerance)
 
-    sizes: dict[Path, tuple[int, int]] = {}
-    readable: list[Record] = []
-    for record in records:
-        try:
-            sizes[record.image_path] = image_size(record.image_path, max_image_pixels)
-            if decode_images:
-                read_image(record.image_path, max_image_pixels)  # finds truncated and corrupt files
-        except ImageReadError as exc:
-            issue = DataIssue(record.source, record.line, "image_path", str(record.image_path), exc.reason)
-            if strict:
-                errors.append(issue)
-            else:
-                report.warn("unreadable_image", issue)
-            continue
-        readable.append(record)
+    readable, image_errors = drop_unreadable_images(records, report, strict, max_image_pixels, decode=decode_images)
+    errors.extend(image_errors)
+    sizes = {record.image_path: image_size(record.image_path, max_image_pixels) for record in readable}  # cached
 
     labels = [box.label for record in readable for box in record.boxes]
     try:

@@ -75,7 +75,7 @@ def format_summary(*, checkpoint: Path, weights: str, checkpoint_info: Mapping[s
         + "".join(f", validation {k} {metrics[k]:.4f}" for k in SUMMARY_METRICS if isinstance(metrics.get(k), float)),
         f"model:             {model_config.get('name')} ({class_map.num_classes} classes)",
         f"exporter:          torch.onnx TorchScript exporter (dynamo=False), opset {opset}; batch via an ONNX Loop",
-        f"versions:          " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "date"),
+        "versions:          " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "date"),
         "",
         "Input",
         "  image     uint8   [batch, 3, height, width]  RGB 0..255; batch, height and width dynamic",
