@@ -11,7 +11,6 @@ never NaN, and the reason is listed next to them.
 """
 from __future__ import annotations
 
-import copy
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -43,12 +42,34 @@ STAT_DESCRIPTIONS = {
 
 def run_coco_eval(gt: dict, results: Sequence[dict]) -> COCOeval_faster:
     """Evaluate, accumulate and summarize bbox results with the C++ evaluator. Inputs are not modified."""
-    coco_gt = COCO(copy.deepcopy(gt), print_function=logger.debug)
-    # loadRes writes ids/areas into the result dicts: give it copies.
-    coco_dt = coco_gt.loadRes([dict(r, bbox=list(r["bbox"])) for r in results])
-    evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=logger.debug)
+    # The evaluator writes an "ignore" flag into each ground-truth annotation: copy those dicts, not the
+    # whole structure (a deepcopy of the ground truth cost more than the C++ evaluation itself).
+    coco_gt = COCO({**gt, "annotations": [dict(a) for a in gt["annotations"]]}, print_function=logger.debug)
+    evaluator = COCOeval_faster(coco_gt, _detections_as_coco(coco_gt, results), iouType="bbox",
+                                print_function=logger.debug)
     evaluator.run()
     return evaluator
+
+
+def _detections_as_coco(coco_gt: COCO, results: Sequence[dict]) -> COCO:
+    """What ``loadRes`` builds for bbox results, in one pass over fresh dicts.
+
+    ``loadRes`` would mutate its input (so it needs a copy) and add a polygon per detection that bbox
+    evaluation never reads; on 36k detections the two cost more than the C++ evaluation.
+    """
+    unknown = {r["image_id"] for r in results} - set(coco_gt.imgs)
+    if unknown:
+        raise ValueError(f"results name {len(unknown)} image id(s) that are not in the ground truth, e.g. {min(unknown)}")
+    annotations = [
+        {"id": index, "image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"],
+         "score": r["score"], "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
+        for index, r in enumerate(results, start=1)
+    ]
+    coco_dt = COCO(print_function=logger.debug)
+    coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                       "annotations": annotations}
+    coco_dt.createIndex()
+    return coco_dt
 
 
 def _mean_defined(values: np.ndarray) -> float | None:
