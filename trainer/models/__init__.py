@@ -11,7 +11,7 @@ from trainer.models.contract import DetectorContract
 from trainer.models.groups import parameter_groups
 from trainer.models.registry import available_models, build_model, register_model
 
-_MACHINERY = {"benchmark", "checkpoint", "contract", "groups", "registry", "weights"}
+_MACHINERY = {"checkpoint", "contract", "groups", "registry", "weights"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _MACHINERY:
         importlib.import_module(f"{__name__}.{_module.name}")
