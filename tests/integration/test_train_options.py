@@ -101,3 +101,20 @@ def test_early_stopping_after_patience(compose_cfg, tmp_path):
     result = train(cfg, run_dir=tmp_path)
     assert result["status"] == "early_stopped" and result["epochs"] == 2
     assert last_state(tmp_path)["finished"] == "early_stopped"
+
+
+def test_validation_loss_is_logged_and_leaves_training_unchanged(compose_cfg, tmp_path):
+    with_loss = train(compose_cfg("training.num_epochs=1", "training.val_loss=true"), run_dir=tmp_path / "with")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    without = train(compose_cfg("training.num_epochs=1"), run_dir=tmp_path / "without")
+    assert with_loss["status"] == without["status"] == "completed"
+
+    rows = list(csv.DictReader((tmp_path / "with" / "metrics.csv").open()))
+    assert "val_loss" in rows[0] and math.isfinite(float(rows[0]["val_loss"])) and float(rows[0]["val_loss"]) > 0
+    assert "val_loss" not in next(csv.DictReader((tmp_path / "without" / "metrics.csv").open()))
+    # Measuring it runs the model in train mode: BatchNorm statistics and the RNG stream must not move.
+    a = torch.load(tmp_path / "with" / "best_model.pth", weights_only=True)
+    b = torch.load(tmp_path / "without" / "best_model.pth", weights_only=True)
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][name], b[key][name]) for name in a[key]), key

@@ -31,6 +31,7 @@ from trainer.engine.reporting import plot_curves, write_metrics_csv
 from trainer.engine.run_dir import resolve_run_dir, setup_logging, write_config_snapshot
 from trainer.engine.signals import StopRequest, stop_signals_blocked
 from trainer.engine.trackers import start_trackers
+from trainer.engine.val_loss import validation_loss
 from trainer.evaluation.distributed import evaluate_model
 from trainer.evaluation.metrics import scalar_metrics
 from trainer.models import build_model
@@ -376,6 +377,8 @@ class Trainer:
         if evaluate:
             metrics = self.validate()
             row.update({key: metrics.get(key) for key in ("mAP", "AP50", "AP75")})
+            if "val_loss" in metrics:
+                row["val_loss"] = metrics["val_loss"]
             self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.global_step)
         self.accelerator.log({"epoch/images_per_s": row["images_per_s"] or 0.0, "epoch/loss": row.get("loss", 0.0)},
                              step=state.global_step)
@@ -405,7 +408,10 @@ class Trainer:
         with stop_signals_blocked():
             raw, _ = evaluate_model(model, self.val_set, self.accelerator, batch_size=int(t.eval_batch_size),
                                     num_workers=int(t.num_workers), progress=self.is_main)
-        metrics = scalar_metrics(raw)
+            metrics = scalar_metrics(raw)
+            if t.get("val_loss", False):
+                metrics.update(validation_loss(model, self.val_set, self.accelerator,
+                                               batch_size=int(t.eval_batch_size), num_workers=int(t.num_workers)))
         if "AP" in metrics:
             metrics["mAP"] = metrics["AP"]
         return metrics

@@ -15,7 +15,8 @@ TRAILING_COLUMNS = ("mAP", "AP50", "AP75", "epoch_time_s", "images_per_s", "nonf
 def csv_columns(history: Sequence[dict]) -> list[str]:
     """Fixed columns around the model's loss terms (``loss_*``), in first-seen order."""
     terms = dict.fromkeys(key for row in history for key in row if key.startswith("loss_"))
-    return [*LEADING_COLUMNS, *terms, *TRAILING_COLUMNS]
+    validation_loss = ["val_loss"] if any("val_loss" in row for row in history) else []
+    return [*LEADING_COLUMNS, *terms, *validation_loss, *TRAILING_COLUMNS]
 
 
 def write_metrics_csv(history: Sequence[dict], path: Path) -> None:
