@@ -17,6 +17,8 @@ from fault_tools import REPO
 from sweep_runs import LOCAL_RAY, TINY, RaySandbox, data_args, sweep_command
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.slow]
+# Long enough that the trial is still training when the kill lands (a tiny epoch takes well under a second).
+EPOCHS = 12
 
 
 @pytest.fixture
@@ -38,14 +40,19 @@ def trial_process(sandbox: RaySandbox) -> psutil.Process | None:
     return None
 
 
-def epoch_checkpoint(root: Path) -> Path | None:
-    """The trial's engine checkpoint at the end of epoch 1, once written."""
-    for state in root.glob("*/*/trial_*/checkpoints/last/trainer_state.json"):
+def tune_checkpoint(root: Path) -> Path | None:
+    """The trial's first Tune checkpoint, once the driver has recorded the result that carries it.
+
+    Tune resumes a retried trial from its own checkpoint (not the engine's newer ones), and it only knows about one
+    after the driver processed the report: result.json holds that result once it has.
+    """
+    for result in root.glob("*/*/trial_*/result.json"):
         try:
-            if json.loads(state.read_text())["epoch"] >= 1:
-                return state.parent
-        except (OSError, json.JSONDecodeError, KeyError):
+            reported = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        except (OSError, json.JSONDecodeError):
             continue
+        if reported and (result.parent / "checkpoint_000000").is_dir():
+            return result.parent / "checkpoint_000000"
     return None
 
 
@@ -54,14 +61,15 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint_and_the_sweep_completes(
     root = tmp_path / "multirun"
     command = sweep_command(*TINY, *LOCAL_RAY, *data_args(sample_dataset_dir), f"sweep.root={root}",
                             f"sweep.best_config_dir={tmp_path / 'best'}", "sweep.num_samples=1",
-                            "sweep.max_failures=2", "training.num_epochs=3", "sweep.scheduler.grace_period=3")
+                            "sweep.max_failures=2", f"training.num_epochs={EPOCHS}",
+                            f"sweep.scheduler.grace_period={EPOCHS}")
     driver = subprocess.Popen(command, cwd=REPO, env=ray_sandbox.env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while epoch_checkpoint(root) is None:
+        while tune_checkpoint(root) is None:
             assert driver.poll() is None, f"the sweep ended before the crash:\n{driver.stdout.read()[-4000:]}"
-            assert time.monotonic() < deadline, "no trial checkpoint within 300 s"
+            assert time.monotonic() < deadline, "no Tune checkpoint within 300 s"
             time.sleep(0.2)
         victim = trial_process(ray_sandbox)
         assert victim is not None, [p.name() for p in ray_sandbox.processes()]
@@ -76,10 +84,10 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint_and_the_sweep_completes(
     [sweep_dir] = [p for p in root.glob("*/*") if p.is_dir()]
     with open(sweep_dir / "trials.csv", newline="") as handle:
         [trial] = list(csv.DictReader(handle))
-    assert trial["status"] == "completed" and int(trial["epochs"]) == 3, trial
+    assert trial["status"] == "completed" and int(trial["epochs"]) == EPOCHS, trial
     train_log = (Path(trial["run_dir"]) / "train.log").read_text()
     assert train_log.count("resumed from") == 1, "the retry must continue from the checkpoint, not start over"
     summary = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert summary["num_trials"] == 1 and summary["num_errored"] == 0
     with open(Path(trial["run_dir"]) / "metrics.csv", newline="") as handle:
-        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3]
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(1, EPOCHS + 1))
