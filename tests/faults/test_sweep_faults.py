@@ -14,19 +14,11 @@ import pytest
 import yaml
 
 from fault_tools import REPO
-from sweep_runs import LOCAL_RAY, TINY, RaySandbox, data_args, sweep_command
+from sweep_runs import LOCAL_RAY, TINY, RaySandbox, data_args, ray_sandbox, sweep_command  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.slow]
 # Long enough that the trial is still training when the kill lands (a tiny epoch takes well under a second).
 EPOCHS = 12
-
-
-@pytest.fixture
-def ray_sandbox():
-    sandbox = RaySandbox()
-    yield sandbox
-    leaked = sandbox.close()
-    assert not leaked, f"Ray processes still running after the test (killed now): {leaked}"
 
 
 def trial_process(sandbox: RaySandbox) -> psutil.Process | None:

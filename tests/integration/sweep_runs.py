@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEP_SCRIPT = REPO / "trainer" / "sweep.py"
@@ -89,3 +90,12 @@ def run(command: list[str], env: dict, timeout: float) -> subprocess.CompletedPr
         output, _ = process.communicate()
         raise AssertionError(f"{' '.join(command)} still running after {timeout} s:\n{output[-6000:]}") from None
     return subprocess.CompletedProcess(command, process.returncode, output, "")
+
+
+@pytest.fixture
+def ray_sandbox():
+    """A RaySandbox for one test; fails the test if any of its Ray processes outlives it."""
+    sandbox = RaySandbox()
+    yield sandbox
+    leaked = sandbox.close()
+    assert not leaked, f"Ray processes still running after the test (killed now): {leaked}"

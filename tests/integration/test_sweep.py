@@ -21,7 +21,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from sweep_runs import LOCAL_RAY, REPO, TINY, RaySandbox, data_args, run, sweep_command
+from sweep_runs import LOCAL_RAY, REPO, TINY, RaySandbox, data_args, ray_sandbox, run, sweep_command  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -35,14 +35,6 @@ BOUNDS = {"training.learning_rate": (0.005, 0.05), "training.weight_decay": (1e-
 SCORE_THRESH_CHOICE = "+sweep.search_space.model.score_thresh={distribution:choice,values:[0.05,1.0]}"
 GOOD_POINT = ("training:{learning_rate:0.02,weight_decay:1e-4,backbone_lr_factor:0.5,warmup_iters:2},"
               "model:{loss_weights:{classification:1.0,bbox_regression:1.0,bbox_ctrness:1.0},score_thresh:%s}")
-
-
-@pytest.fixture
-def ray_sandbox():
-    sandbox = RaySandbox()
-    yield sandbox
-    leaked = sandbox.close()
-    assert not leaked, f"Ray processes still running after the test (killed now): {leaked}"
 
 
 def _sweep_dirs(root: Path) -> list[Path]:

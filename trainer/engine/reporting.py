@@ -33,33 +33,33 @@ def plot_curves(history: Sequence[dict], run_dir: Path) -> list[Path]:
     """``loss_curve.png`` (total and per-term training loss) and ``map_curve.png`` (val mAP/AP50/AP75)."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    matplotlib.use("Agg")  # no display on training nodes
     written = []
     epochs = [row["epoch"] for row in history]
     loss_keys = ["loss", *[c for c in csv_columns(history) if c.startswith("loss_")]]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in loss_keys:
-        ax.plot(epochs, [row.get(key) for row in history], marker="o", label=key)
-    ax.set(xlabel="epoch", ylabel="training loss", title="Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss_curve.png", dpi=100)
-    plt.close(fig)
-    written.append(run_dir / "loss_curve.png")
+    losses = {key: (epochs, [row.get(key) for row in history]) for key in loss_keys}
+    written.append(_plot(run_dir / "loss_curve.png", losses, ylabel="training loss", title="Training loss"))
 
     evaluated = [row for row in history if row.get("mAP") is not None]
     if evaluated:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key in ("mAP", "AP50", "AP75"):
-            ax.plot([row["epoch"] for row in evaluated], [row.get(key) for row in evaluated], marker="o", label=key)
-        ax.set(xlabel="epoch", ylabel="validation AP", title="Validation mAP", ylim=(0, 1))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(run_dir / "map_curve.png", dpi=100)
-        plt.close(fig)
-        written.append(run_dir / "map_curve.png")
+        aps = {key: ([row["epoch"] for row in evaluated], [row.get(key) for row in evaluated])
+               for key in ("mAP", "AP50", "AP75")}
+        written.append(_plot(run_dir / "map_curve.png", aps, ylabel="validation AP", title="Validation mAP",
+                             ylim=(0, 1)))
     return written
+
+
+def _plot(path: Path, series: dict, ylabel: str, title: str, ylim=None) -> Path:
+    """One line per ``name: (x, y)`` in ``series``, saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, marker="o", label=name)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title, ylim=ylim)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
