@@ -23,22 +23,23 @@ class ModelEMA:
         self.decay = decay
         self.tau = tau
         self.updates = 0
+        self._pairs = None  # (model, averaged, their sources, copied, their sources), built by the first update
 
     def current_decay(self) -> float:
         return self.decay * (1.0 - math.exp(-self.updates / self.tau))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """``model`` is the unwrapped training model (same architecture as ``self.module``)."""
+        """``model`` is the unwrapped training model (same architecture as ``self.module``, same object every
+        call: its tensors are paired with the average's once)."""
         self.updates += 1
-        decay = self.current_decay()
-        model_state = model.state_dict()
-        for name, ema_value in self.module.state_dict().items():
-            value = model_state[name].detach()
-            if ema_value.dtype.is_floating_point:
-                ema_value.lerp_(value.to(ema_value.dtype), 1.0 - decay)
-            else:  # integer buffers (e.g. BatchNorm's num_batches_tracked) are copied, not averaged
-                ema_value.copy_(value)
+        if self._pairs is None or self._pairs[0] is not model:
+            self._pairs = (model, *_pair_tensors(self.module, model))
+        _, averaged, averaged_sources, copied, copied_sources = self._pairs
+        # One fused call per kind instead of a Python loop over hundreds of tensors: the EMA runs every step.
+        torch._foreach_lerp_(averaged, averaged_sources, 1.0 - self.current_decay())
+        if copied:
+            torch._foreach_copy_(copied, copied_sources)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay, "tau": self.tau}
@@ -46,3 +47,20 @@ class ModelEMA:
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
+
+
+
+def _pair_tensors(average: nn.Module, model: nn.Module) -> tuple[list, list, list, list]:
+    """Floating-point tensors (averaged) and the others (copied, e.g. BatchNorm's num_batches_tracked), each with
+    the model's tensor in the same place. Parameters then buffers, in registration order (the same for a module
+    and its deep copy)."""
+    averaged, averaged_sources, copied, copied_sources = [], [], [], []
+    for ema_tensor, tensor in zip([*average.parameters(), *average.buffers()], [*model.parameters(), *model.buffers()],
+                                  strict=True):
+        if ema_tensor.dtype.is_floating_point:
+            averaged.append(ema_tensor)
+            averaged_sources.append(tensor.detach())
+        else:
+            copied.append(ema_tensor)
+            copied_sources.append(tensor)
+    return averaged, averaged_sources, copied, copied_sources

@@ -176,8 +176,11 @@ class Trainer:
         self.schedule = build_schedule(t, self.steps_per_epoch)
         self.scheduler = build_scheduler(optimizer, self.schedule)  # never prepared: see optim.py
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.unwrapped = acc.unwrap_model(self.model)  # the bare module (DDP wraps it); looked up once, used per step
+        self.buffers = list(self.model.buffers())
+        self.buffer_backup = [buffer.detach().clone() for buffer in self.buffers]  # see optimizer_step
         ema_cfg = cfg.ema
-        self.ema = (ModelEMA(acc.unwrap_model(self.model), float(ema_cfg.decay), float(ema_cfg.tau))
+        self.ema = (ModelEMA(self.unwrapped, float(ema_cfg.decay), float(ema_cfg.tau))
                     if ema_cfg.enabled else None)
         set_seed(int(cfg.seed) + acc.process_index)  # per-process randomness from here on
         self.checkpoints = CheckpointManager(acc, self.run_dir / "checkpoints", int(t.keep_checkpoints))
@@ -218,7 +221,7 @@ class Trainer:
                 self.ema.load_state_dict(extras["ema"])
             else:
                 logger.warning("%s has no EMA weights: the EMA restarts from the current weights", checkpoint)
-                self.ema = ModelEMA(self.accelerator.unwrap_model(self.model), self.ema.decay, self.ema.tau)
+                self.ema = ModelEMA(self.unwrapped, self.ema.decay, self.ema.tau)
         if (state.num_processes, state.global_batch_size) != (self.accelerator.num_processes, self.global_batch):
             # Same epoch, same number of images seen; the batch order differs from an uninterrupted run.
             images_done = state.step_in_epoch * state.global_batch_size
@@ -272,7 +275,7 @@ class Trainer:
                     state.epoch_good_steps += 1
                     for key, value in losses.items():
                         state.epoch_loss_sums[key] = state.epoch_loss_sums.get(key, 0.0) + value
-                    progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.3g}")
+                    progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.3g}", refresh=False)  # update() redraws
                     if state.global_step % log_every == 0:
                         acc.log({f"train/{k}": v for k, v in losses.items()} | {"train/lr": lr},
                                 step=state.global_step)
@@ -294,7 +297,8 @@ class Trainer:
         images_in_step = 0
         # Forward passes update normalisation statistics (BatchNorm running mean/var) whatever the loss; a skipped
         # step must leave them as they were, or the NaN activations that made it non-finite would stay in the model.
-        buffers_before = [buffer.detach().clone() for buffer in model.buffers()]
+        if self.buffers:
+            torch._foreach_copy_(self.buffer_backup, self.buffers)  # into the same memory every step: one fused call
         for micro in range(self.accum):
             images, targets = to_device(*next(batches), acc.device)
             images_in_step += len(images) * acc.num_processes
@@ -326,16 +330,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # the schedule counts every step, skipped or not
         if not finite:
-            with torch.no_grad():
-                for buffer, before in zip(model.buffers(), buffers_before):
-                    buffer.copy_(before)
+            if self.buffers:
+                torch._foreach_copy_(self.buffers, self.buffer_backup)
             self.on_nonfinite_step()
             return None, images_in_step
         self.state.nonfinite_consecutive = 0
         if stepped:
             sums["grad_norm"] = float(grad_norm)
             if self.ema is not None:
-                self.ema.update(acc.unwrap_model(model))
+                self.ema.update(self.unwrapped)
         return sums, images_in_step
 
     def on_nonfinite_step(self) -> None:
@@ -402,7 +405,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         t = self.t
-        model = self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
+        model = self.ema.module if self.ema is not None else self.unwrapped
         # A stop signal during validation is handled at the next step boundary; blocking it here also keeps
         # it away from the evaluation's data-loader workers.
         with stop_signals_blocked():
@@ -470,7 +473,7 @@ class Trainer:
 
         return {
             "format_version": CHECKPOINT_FORMAT_VERSION,
-            "model": cpu(self.accelerator.unwrap_model(self.model).state_dict()),
+            "model": cpu(self.unwrapped.state_dict()),
             "ema": cpu(self.ema.module.state_dict()) if self.ema is not None else None,
             "class_map": self.class_map.to_dict(),
             "config": OmegaConf.to_yaml(self.cfg, resolve=True),
