@@ -18,7 +18,8 @@ from trainer.models import build_model
 
 @dataclass
 class InferenceSettings:
-    repeats: int = 10           # timed single-image calls per side (interleaved)
+    repeats: int = 10           # at least this many timed single-image calls per side (interleaved) ...
+    min_seconds: float = 20.0   # ... and more, up to 40, until this much time has passed (per model)
     calibration_images: int = 8
     max_detections: int = 100
     opset: int = 17
@@ -48,7 +49,7 @@ def measure_model(model_name: str, images: list[torch.Tensor], settings: Inferen
         calls = {"pytorch": lambda: pytorch_predict(model, [image]), "ort_fp32": lambda: fp32.run(batch)}
         if int8 is not None:
             calls["ort_int8"] = lambda: int8.run(batch)
-        times = interleaved(calls, repeats=settings.repeats)
+        times = interleaved(calls, repeats=settings.repeats, min_seconds=settings.min_seconds)
     ms = {name: 1000 * median(values) for name, values in times.items()}
     return {"model": model_name, "latency_ms": ms, "ort_vs_pytorch": paired_ratio(times["ort_fp32"], times["pytorch"]),
             "int8_vs_fp32": paired_ratio(times["ort_int8"], times["ort_fp32"]) if "ort_int8" in ms else None,

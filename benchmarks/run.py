@@ -65,7 +65,7 @@ def settings_for(quick: bool, mixed_precision: str) -> dict:
                 "data": data_pipeline.DataSettings(num_images=4, batch_size=2, workers=(0, 1), decode_images=4,
                                                    repeats=1, consumer_image_size=(128, 96)),
                 "eval": evaluation.EvalSettings(max_images=20, repeats=1),
-                "infer": inference.InferenceSettings(repeats=1, calibration_images=2),
+                "infer": inference.InferenceSettings(repeats=1, min_seconds=0.0, calibration_images=2),
                 "scaling": scaling.ScalingSettings(num_images=8, global_batch=2, epochs=1),
                 "memory": memory.MemorySettings(steps=1, eval_images=2)}
     return {"train": training.Settings(mixed_precision=mixed_precision), "data": data_pipeline.DataSettings(),

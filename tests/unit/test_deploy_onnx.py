@@ -169,3 +169,16 @@ def test_parity_matching_tolerates_reordered_ties_but_not_changed_labels():
     missing = {key: value[:2] for key, value in reference.items()}
     report = compare_image(reference, missing)
     assert (report.matched, report.category_agreement) == (2, pytest.approx(2 / 3))
+
+
+def test_roi_level_merge_by_gather_equals_torchvision_scatter_merge():
+    from torchvision.ops import poolers
+
+    from trainer.deploy.onnx_export import _merge_levels_by_gather
+
+    generator = torch.Generator().manual_seed(0)
+    levels = torch.randint(0, 4, (37,), generator=generator)
+    levels[:4] = torch.arange(4)  # every level holds at least one RoI
+    unmerged = [torch.randn(int((levels == k).sum()), 8, 7, 7, generator=generator) for k in range(4)]
+    expected = poolers._onnx_merge_levels(levels, unmerged)
+    assert torch.equal(_merge_levels_by_gather(levels, unmerged), expected)

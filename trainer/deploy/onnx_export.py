@@ -6,6 +6,7 @@ The graph contract (every model): input ``image`` uint8 [batch, 3, H, W] RGB 0..
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -42,7 +43,7 @@ def trace_single_image_graph(detector: nn.Module, path: str | Path, example_imag
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = SingleImageExport(detector, max_detections).eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), roi_levels_merged_by_gather():
         # Tracer warnings flag Python values frozen into the trace; the parity check is what verifies them.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # The exporter's and torchvision's tracing-time notes (tensor copies, advanced indexing) likewise.
@@ -52,6 +53,30 @@ def trace_single_image_graph(detector: nn.Module, path: str | Path, example_imag
                           input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                           dynamic_axes={INPUT_NAME: {2: "height", 3: "width"}})
     return path
+
+
+@contextlib.contextmanager
+def roi_levels_merged_by_gather():
+    """While tracing, merge ``MultiScaleRoIAlign``'s per-level results with one Gather instead of torchvision's one
+    full-size ScatterElements per FPN level (RoIs x channels x 7 x 7 elements each): the same values, and a large
+    share of Faster R-CNN's onnxruntime CPU time saved. A torchvision without that hook exports unchanged."""
+    from torchvision.ops import poolers
+
+    original = getattr(poolers, "_onnx_merge_levels", None)
+    if original is None:
+        yield
+        return
+    poolers._onnx_merge_levels = _merge_levels_by_gather
+    try:
+        yield
+    finally:
+        poolers._onnx_merge_levels = original
+
+
+def _merge_levels_by_gather(levels: torch.Tensor, unmerged_results: list[torch.Tensor]) -> torch.Tensor:
+    """``unmerged_results[k]`` holds the RoIs with ``levels == k`` in index order; returns all RoIs in index order."""
+    order = torch.cat([torch.where(levels == level)[0] for level in range(len(unmerged_results))])
+    return torch.cat(unmerged_results)[torch.argsort(order)]
 
 
 def _rename_values(graph: onnx.GraphProto, mapping: Mapping[str, str]) -> None:
