@@ -13,7 +13,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from trainer.tuning import paths
+from trainer.tuning import paths, run_sweep
+from trainer.tuning.resources import TrialResources, trial_resources
 from trainer.tuning.results import (TrialSummary, best_trial, param_importances, summarize_result,
                                     write_best_config, write_trials_csv)
 from trainer.tuning.space import (SweepConfigError, apply_params, contains, flatten_params, params_to_overrides,
@@ -157,3 +158,42 @@ def test_trial_status_and_best_epoch_from_a_tune_result(tune_status, error, epoc
     assert summary.best_value == max(history["mAP"]) and summary.last_value == history["mAP"].iloc[-1]
     assert summary.params == {"lr": 0.01}
     assert summarize_result(result, "mAP", "min", 3, ["lr"], tune_status).best_value == min(history["mAP"])
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"cpu": 2, "gpu": 0, "processes": None}, TrialResources(cpu=2.0, gpu=0.0, processes=1)),
+    ({"cpu": 2, "gpu": 0, "processes": 2}, TrialResources(cpu=2.0, gpu=0.0, processes=2)),  # 2 gloo processes
+    ({"cpu": 8, "gpu": 4, "processes": None}, TrialResources(cpu=8.0, gpu=4.0, processes=4)),
+    ({"cpu": 8, "gpu": 4.0, "processes": 4}, TrialResources(cpu=8.0, gpu=4.0, processes=4)),
+    ({"cpu": 1, "gpu": 0.5, "processes": None}, TrialResources(cpu=1.0, gpu=0.5, processes=1)),
+    ({"cpu": 2, "gpu": 1}, TrialResources(cpu=2.0, gpu=1.0, processes=1)),  # a sweep saved before `processes`
+])
+def test_resources_per_trial_default_to_one_process_per_gpu(settings, expected):
+    resources = trial_resources(settings)
+    assert resources == expected
+    assert resources.ray_request() == {"cpu": expected.cpu, "gpu": expected.gpu}
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"cpu": 2, "gpu": 0, "processes": 0}, "processes must be a whole number >= 1"),
+    ({"cpu": 2, "gpu": 0, "processes": 1.5}, "processes must be a whole number >= 1"),
+    ({"cpu": 2, "gpu": 0, "processes": True}, "processes must be a whole number >= 1"),
+    ({"cpu": 2, "gpu": 2.5, "processes": None}, "gpu=2.5: more than one GPU per trial must be a whole number"),
+    ({"cpu": 2, "gpu": 4, "processes": 2}, "processes=2 with gpu=4: one process drives one GPU"),
+    ({"cpu": 2, "gpu": 1, "processes": 2}, "processes=2 with gpu=1: one process drives one GPU"),
+    ({"cpu": 2, "gpu": 0.5, "processes": 2}, "gpu=0.5 shares one GPU: it takes processes=1"),
+    ({"cpu": 2, "gpu": -1}, "gpu must be a number >= 0"),
+    ({"cpu": "two", "gpu": 0}, "cpu must be a number >= 0"),
+])
+def test_bad_resources_per_trial_name_the_key(settings, message):
+    with pytest.raises(SweepConfigError, match=rf"sweep\.resources_per_trial\..*{re.escape(message)}"):
+        trial_resources(settings)
+
+
+def test_sweep_yaml_resources_are_valid_and_a_bad_one_stops_the_sweep(tmp_path):
+    cfg = _compose("sweep", ["model=custom_detector"])
+    assert trial_resources(cfg.sweep.resources_per_trial) == TrialResources(cpu=2.0, gpu=0.0, processes=1)
+    cfg = _compose("sweep", ["model=custom_detector", f"sweep.output_dir={tmp_path / 'sweep'}",
+                             "sweep.resources_per_trial.gpu=2", "sweep.resources_per_trial.processes=3"])
+    with pytest.raises(SweepConfigError, match="processes=3 with gpu=2"):
+        run_sweep(cfg)

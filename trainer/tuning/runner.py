@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.tuning import cluster
+from trainer.tuning.launcher import remove_leftover_reports
 from trainer.tuning.paths import SWEEP_CONFIG_FILE
 from trainer.tuning.plots import plot_metric_vs_trial, plot_param_importances
 from trainer.tuning.results import (
@@ -19,7 +20,8 @@ from trainer.tuning.results import (
     write_results_yaml,
     write_trials_csv,
 )
-from trainer.tuning.space import SweepConfigError, parse_points, parse_search_space
+from trainer.tuning.resources import trial_resources
+from trainer.tuning.space import parse_points, parse_search_space
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +67,10 @@ def run_sweep(cfg: DictConfig) -> dict:
     space = parse_search_space(sweep.search_space, base)
     points = parse_points(sweep.points_to_evaluate, space)
     max_epochs = int(OmegaConf.select(base, EPOCHS_KEY))
-    if float(sweep.resources_per_trial.get("gpu") or 0) > 1:
-        # The engine runs in the trial's own process, and one process drives one device.
-        raise SweepConfigError(f"sweep.resources_per_trial.gpu={sweep.resources_per_trial.gpu}: a trial trains in "
-                               f"one process on at most one GPU; run more trials at once (max_concurrent_trials)")
-    logger.info("Sweep %s in %s: %d trials over %s", sweep.name, sweep_dir, sweep.num_samples, ", ".join(space))
+    resources = trial_resources(sweep.resources_per_trial)
+    logger.info("Sweep %s in %s: %d trials over %s; per trial %g CPUs, %g GPUs, %d training process(es)",
+                sweep.name, sweep_dir, sweep.num_samples, ", ".join(space), resources.cpu, resources.gpu,
+                resources.processes)
 
     cluster.prepare_environment(settings.ray)
     # Imported only now: Ray reads its bind settings, just prepared, when it is first imported.
@@ -77,7 +78,7 @@ def run_sweep(cfg: DictConfig) -> dict:
 
     cluster.connect(settings.ray)
     try:
-        trainable = build_trainable(base_config, sweep_dir, str(sweep.name), sweep.resources_per_trial)
+        trainable = build_trainable(base_config, sweep_dir, str(sweep.name), resources)
         if cfg.resume:
             tuner = restore_tuner(trainable, sweep_dir)
         else:
@@ -86,6 +87,8 @@ def run_sweep(cfg: DictConfig) -> dict:
         statuses = trial_statuses(sweep_dir)
     finally:
         cluster.shutdown()
+    for run_dir in (path for path in sweep_dir.iterdir() if path.is_dir()):
+        remove_leftover_reports(run_dir)
 
     max_t = int(sweep.scheduler.get("max_t") or max_epochs)
     trials = [summarize_result(r, sweep.metric, sweep.mode, max_t, list(space), statuses.get(Path(r.path).name))

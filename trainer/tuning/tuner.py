@@ -12,14 +12,15 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from trainer.tuning.resources import TrialResources
 from trainer.tuning.trainable import run_trial, trial_dirname
 
 
-def build_trainable(base_config: dict, sweep_dir: Path, sweep_name: str, resources: Mapping):
-    """``run_trial`` bound to this sweep, asking Ray for ``resources`` (``cpu``, ``gpu``) per trial."""
+def build_trainable(base_config: dict, sweep_dir: Path, sweep_name: str, resources: TrialResources):
+    """``run_trial`` bound to this sweep, asking Ray for ``resources`` (CPUs, GPUs) per trial."""
     bound = tune.with_parameters(run_trial, base_config=base_config, sweep_dir=str(sweep_dir),
-                                 working_dir=os.getcwd(), sweep_name=sweep_name)
-    return tune.with_resources(bound, {"cpu": float(resources["cpu"]), "gpu": float(resources.get("gpu") or 0)})
+                                 working_dir=os.getcwd(), sweep_name=sweep_name, processes=resources.processes)
+    return tune.with_resources(bound, resources.ray_request())
 
 
 def build_tuner(trainable, space: Mapping[str, od.BaseDistribution], points: list[dict], sweep: Mapping,
