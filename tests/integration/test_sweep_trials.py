@@ -170,14 +170,13 @@ def test_two_process_trials_report_every_epoch_stop_cleanly_and_group_their_wand
 def test_a_one_process_trial_names_its_wandb_run_after_the_trial_in_the_sweeps_group(sample_dataset_dir, tmp_path,
                                                                                      ray_sandbox):
     root = tmp_path / "multirun"
-    # max_t beyond the last epoch: the trial ends by itself. A one-process trial that Tune stops is killed with its
-    # Ray worker a fraction of a second later, and an offline W&B run not finished by then is lost (wandb 0.31 had
-    # written nothing but the file header of this small run before finishing); a multi-process trial's own
-    # processes outlive the Ray worker and finish their run.
+    # max_t left null: ASHA's max_t is one past the last epoch, so the trial ends by itself. A one-process trial that
+    # Tune stops is killed with its Ray worker a fraction of a second later, and an offline W&B run not finished by
+    # then is lost (wandb 0.31 had written nothing but the file header of this small run before finishing).
     command = sweep_command(*TINY, *LOCAL_RAY, *data_args(sample_dataset_dir), f"sweep.root={root}",
                             f"sweep.best_config_dir={tmp_path / 'best'}", "sweep.name=one_process_sweep",
                             "sweep.num_samples=1", "training.num_epochs=1", "sweep.scheduler.grace_period=1",
-                            "sweep.scheduler.max_t=2", "logger=wandb")
+                            "logger=wandb")
     result = run(command, ray_sandbox.env, timeout=300)
     assert result.returncode == 0, result.stdout[-6000:]
 

@@ -36,7 +36,9 @@ def build_tuner(trainable, space: Mapping[str, od.BaseDistribution], points: lis
     )
     scheduler = ASHAScheduler(
         time_attr="training_iteration",  # one Tune iteration = one validation = one epoch
-        max_t=int(scheduler_cfg.get("max_t") or max_epochs),
+        # Left null, one past the last epoch: a trial that trains to the end returns by itself (its curves, logs
+        # and W&B run are finished) instead of being stopped at max_t, which kills its Ray worker at once.
+        max_t=int(scheduler_cfg.get("max_t") or max_epochs + 1),
         grace_period=int(scheduler_cfg["grace_period"]),
         reduction_factor=float(scheduler_cfg["reduction_factor"]),
     )
