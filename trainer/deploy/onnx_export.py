@@ -98,7 +98,9 @@ def batch_over_images(single: onnx.ModelProto, max_detections: int) -> onnx.Mode
     """Wraps a batch-1 graph from ``trace_single_image_graph`` in a Loop over the batch dimension.
 
     The Loop body gathers image i ([1, 3, H, W]) and runs the traced nodes; the Loop stacks the per-image outputs
-    into [batch, ...]. The weights stay initializers of the outer graph (bodies may read outer-scope values).
+    into [batch, ...]. The weights are initializers of the body itself: onnxruntime only treats a subgraph's own
+    initializers as constants, so weights read from the outer scope miss its graph optimizations (Conv + BatchNorm
+    folding, prepacked convolution weights) and cost about 40% more time per image (custom_detector, CPU).
     """
     graph = onnx.GraphProto()
     graph.CopyFrom(single.graph)
@@ -125,7 +127,7 @@ def batch_over_images(single: onnx.ModelProto, max_detections: int) -> onnx.Mode
         body_nodes, "detect_one_image",
         [helper.make_tensor_value_info("loop_iteration", TensorProto.INT64, []),
          helper.make_tensor_value_info("loop_condition_in", TensorProto.BOOL, [])],
-        body_outputs, value_info=list(graph.value_info))
+        body_outputs, initializer=[*graph.initializer, axis0], value_info=list(graph.value_info))
 
     outer_nodes = [
         helper.make_node("Shape", [INPUT_NAME], ["image_shape"]),
@@ -137,7 +139,7 @@ def batch_over_images(single: onnx.ModelProto, max_detections: int) -> onnx.Mode
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", 3, "height", "width"])],
         [helper.make_tensor_value_info(name, element_types[name], ["batch", *item_shapes[name]])
          for name in OUTPUT_NAMES],
-        initializer=[*graph.initializer, axis0, helper.make_tensor("batch_axis", TensorProto.INT64, [], [0])])
+        initializer=[helper.make_tensor("batch_axis", TensorProto.INT64, [], [0])])
     model = helper.make_model(outer, opset_imports=single.opset_import, producer_name=single.producer_name,
                               producer_version=single.producer_version)
     model.ir_version = single.ir_version

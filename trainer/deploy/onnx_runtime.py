@@ -42,6 +42,9 @@ class OnnxPredictor:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+        # Idle pool threads would otherwise spin for a while after each run, taking the cores from whatever runs
+        # next on them (data loading, PyTorch in a side-by-side comparison).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), options,
                                             providers=list(providers or ["CPUExecutionProvider"]))
         inputs = [i.name for i in self.session.get_inputs()]
