@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -48,14 +49,11 @@ def tune_checkpoint(root: Path) -> Path | None:
     return None
 
 
-def test_a_crashed_trial_is_retried_from_its_checkpoint_and_the_sweep_completes(sample_dataset_dir, tmp_path,
-                                                                                ray_sandbox):
-    root = tmp_path / "multirun"
-    command = sweep_command(*TINY, *LOCAL_RAY, *data_args(sample_dataset_dir), f"sweep.root={root}",
-                            f"sweep.best_config_dir={tmp_path / 'best'}", "sweep.num_samples=1",
-                            "sweep.max_failures=2", f"training.num_epochs={EPOCHS}",
-                            f"sweep.scheduler.grace_period={EPOCHS}")
-    driver = subprocess.Popen(command, cwd=REPO, env=ray_sandbox.env, stdout=subprocess.PIPE,
+def sweep_with_a_killed_trial(command: list[str], sandbox: RaySandbox, root: Path,
+                              kill: Callable[[psutil.Process], None]) -> tuple[Path, dict]:
+    """Runs the sweep driver, calls ``kill(the trial's Ray worker)`` once Tune has recorded the trial's first
+    checkpoint, and waits for the sweep to end. Returns the sweep folder and the (single) trial's trials.csv row."""
+    driver = subprocess.Popen(command, cwd=REPO, env=sandbox.env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -63,23 +61,34 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint_and_the_sweep_completes(
             assert driver.poll() is None, f"the sweep ended before the crash:\n{driver.stdout.read()[-4000:]}"
             assert time.monotonic() < deadline, "no Tune checkpoint within 300 s"
             time.sleep(0.2)
-        victim = trial_process(ray_sandbox)
-        assert victim is not None, [p.name() for p in ray_sandbox.processes()]
-        victim.send_signal(signal.SIGKILL)
+        victim = trial_process(sandbox)
+        assert victim is not None, [p.name() for p in sandbox.processes()]
+        kill(victim)
         output, _ = driver.communicate(timeout=400)
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.communicate()
     assert driver.returncode == 0, output[-6000:]
-
     [sweep_dir] = [p for p in root.glob("*/*") if p.is_dir()]
     with open(sweep_dir / "trials.csv", newline="") as handle:
         [trial] = list(csv.DictReader(handle))
+    summary = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert summary["num_trials"] == 1 and summary["num_errored"] == 0
+    return sweep_dir, trial
+
+
+def test_a_crashed_trial_is_retried_from_its_checkpoint_and_the_sweep_completes(sample_dataset_dir, tmp_path,
+                                                                                ray_sandbox):
+    root = tmp_path / "multirun"
+    command = sweep_command(*TINY, *LOCAL_RAY, *data_args(sample_dataset_dir), f"sweep.root={root}",
+                            f"sweep.best_config_dir={tmp_path / 'best'}", "sweep.num_samples=1",
+                            "sweep.max_failures=2", f"training.num_epochs={EPOCHS}",
+                            f"sweep.scheduler.grace_period={EPOCHS}")
+    _, trial = sweep_with_a_killed_trial(command, ray_sandbox, root, lambda victim: victim.send_signal(signal.SIGKILL))
+
     assert trial["status"] == "completed" and int(trial["epochs"]) == EPOCHS, trial
     train_log = (Path(trial["run_dir"]) / "train.log").read_text()
     assert train_log.count("resumed from") == 1, "the retry must continue from the checkpoint, not start over"
-    summary = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert summary["num_trials"] == 1 and summary["num_errored"] == 0
     with open(Path(trial["run_dir"]) / "metrics.csv", newline="") as handle:
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(1, EPOCHS + 1))

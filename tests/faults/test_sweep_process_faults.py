@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import csv
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
-from fault_tools import REPO
 from sweep_runs import LOCAL_RAY, TINY, data_args, ray_sandbox, sweep_command  # noqa: F401 (fixture)
-from test_sweep_faults import trial_process, tune_checkpoint
+from test_sweep_faults import sweep_with_a_killed_trial
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.slow]
 # Long enough that the trial is still training when the kill lands.
@@ -29,16 +25,8 @@ def test_a_killed_multi_process_trial_leaves_no_orphans_and_resumes_from_its_che
                             f"sweep.best_config_dir={tmp_path / 'best'}", "sweep.num_samples=1",
                             "sweep.max_failures=2", "sweep.resources_per_trial.processes=2", "training.batch_size=2",
                             f"training.num_epochs={EPOCHS}", f"sweep.scheduler.grace_period={EPOCHS}")
-    driver = subprocess.Popen(command, cwd=REPO, env=ray_sandbox.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while tune_checkpoint(root) is None:
-            assert driver.poll() is None, f"the sweep ended before the crash:\n{driver.stdout.read()[-4000:]}"
-            assert time.monotonic() < deadline, "no Tune checkpoint within 300 s"
-            time.sleep(0.2)
-        victim = trial_process(ray_sandbox)
-        assert victim is not None, [p.name() for p in ray_sandbox.processes()]
+
+    def kill_and_expect_no_orphans(victim: psutil.Process) -> None:
         torchrun = victim.children()
         training = [*torchrun, *(worker for process in torchrun for worker in process.children())]
         assert len(training) == 3, [p.cmdline() for p in training]  # torchrun and its 2 workers
@@ -48,16 +36,9 @@ def test_a_killed_multi_process_trial_leaves_no_orphans_and_resumes_from_its_che
         for process in orphans:
             process.kill()
         assert not orphans, f"training processes outlived their killed trial: {[p.pid for p in orphans]}"
-        output, _ = driver.communicate(timeout=400)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.communicate()
-    assert driver.returncode == 0, output[-6000:]
 
-    [sweep_dir] = [p for p in root.glob("*/*") if p.is_dir()]
-    with open(sweep_dir / "trials.csv", newline="") as handle:
-        [trial] = list(csv.DictReader(handle))
+    _, trial = sweep_with_a_killed_trial(command, ray_sandbox, root, kill_and_expect_no_orphans)
+
     assert trial["status"] == "completed" and int(trial["epochs"]) == EPOCHS, trial
     run_dir = Path(trial["run_dir"])
     train_log = (run_dir / "train.log").read_text()
@@ -65,7 +46,5 @@ def test_a_killed_multi_process_trial_leaves_no_orphans_and_resumes_from_its_che
     assert train_log.count("resumed from") == 1, "the retry must continue from the checkpoint, not start over"
     assert train_log.count("processes 2 x batch 2") == 2  # the first attempt and the retry
     assert not list(run_dir.glob("tune_reports*"))
-    summary = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert summary["num_trials"] == 1 and summary["num_errored"] == 0
     with open(run_dir / "metrics.csv", newline="") as handle:
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(1, EPOCHS + 1))
