@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from trainer.engine import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED, USER_ERRORS, TrainingDiverged, train
+from trainer.engine import train_exit_code
 from trainer.engine.run_dir import register_resolvers
 
 register_resolvers()
@@ -19,14 +19,9 @@ register_resolvers()
 
 @hydra.main(version_base=None, config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
-        result = train(cfg)
-    except TrainingDiverged:
-        sys.exit(EXIT_DIVERGED)
-    except USER_ERRORS:
-        sys.exit(EXIT_BAD_INPUT)
-    if result["status"] == "preempted":
-        sys.exit(EXIT_PREEMPTED)
+    code = train_exit_code(cfg)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

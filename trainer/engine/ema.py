@@ -49,7 +49,6 @@ class ModelEMA:
         self.updates = int(state["updates"])
 
 
-
 def _pair_tensors(average: nn.Module, model: nn.Module) -> tuple[list, list, list, list]:
     """Floating-point tensors (averaged) and the others (copied, e.g. BatchNorm's num_batches_tracked), each with
     the model's tensor in the same place. Parameters then buffers, in registration order (the same for a module

@@ -29,7 +29,8 @@ from trainer.engine.ema import ModelEMA
 from trainer.engine.optim import build_optimizer, build_schedule, build_scheduler, scaled_learning_rate
 from trainer.engine.reporting import plot_curves, write_metrics_csv
 from trainer.engine.run_dir import resolve_run_dir, setup_logging, write_config_snapshot
-from trainer.engine.signals import StopRequest, stop_signals_blocked
+from trainer.engine.signals import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest,
+                                    stop_signals_blocked)
 from trainer.engine.trackers import start_trackers
 from trainer.engine.val_loss import validation_loss
 from trainer.evaluation.distributed import evaluate_model
@@ -131,6 +132,18 @@ def train(cfg: DictConfig, report_fn: ReportFn | None = None, run_dir: str | Pat
         stop.uninstall()
         accelerator.end_training()
         log_handlers.close()
+
+
+def train_exit_code(cfg: DictConfig, report_fn: ReportFn | None = None, run_dir: str | Path | None = None) -> int:
+    """``train`` for a command: 0 finished or early-stopped, ``EXIT_PREEMPTED`` stopped by a signal after a
+    checkpoint, ``EXIT_DIVERGED``, ``EXIT_BAD_INPUT``. ``train`` has already logged the reason."""
+    try:
+        result = train(cfg, report_fn=report_fn, run_dir=run_dir)
+    except TrainingDiverged:
+        return EXIT_DIVERGED
+    except USER_ERRORS:
+        return EXIT_BAD_INPUT
+    return EXIT_PREEMPTED if result["status"] == "preempted" else 0
 
 
 class Trainer:

@@ -12,7 +12,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from trainer.engine import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED, USER_ERRORS, TrainingDiverged, train
+from trainer.engine import EXIT_PREEMPTED, train_exit_code
 from trainer.tuning.launcher import death_signal_setter
 from trainer.tuning.reports import REPORTS_ENV, ReportWriter
 
@@ -23,18 +23,12 @@ def main(config_path: str, run_dir: str) -> int:
     death_signal_setter(signal.SIGTERM)()
     cfg = OmegaConf.load(config_path)
     reports = ReportWriter(os.environ[REPORTS_ENV])
-    try:
-        result = train(cfg, report_fn=reports, run_dir=run_dir)
-    except TrainingDiverged:
-        return EXIT_DIVERGED
-    except USER_ERRORS:
-        return EXIT_BAD_INPUT
-    if result["status"] == "preempted":
+    code = train_exit_code(cfg, report_fn=reports, run_dir=run_dir)
+    if code == EXIT_PREEMPTED:
         # Only the trial ending (Tune stopped it) or dying sends the stop signal: its Ray worker may be gone
         # before it could delete the snapshots, and nobody reads them any more.
         reports.discard()
-        return EXIT_PREEMPTED
-    return 0
+    return code
 
 
 if __name__ == "__main__":
