@@ -61,7 +61,7 @@ class BareLoop:
         torch.manual_seed(int(trainer.cfg.seed))  # the engine builds its model right after the same seeding
         self.model = build_model(trainer.cfg.model, trainer.class_map.num_classes).to(trainer.accelerator.device)
         self.model.train()
-        self.optimizer = build_optimizer(self.model, trainer.lr, trainer.t)
+        self.optimizer = build_optimizer(self.model, trainer.lr, trainer.t, trainer.backbone_lr_factor)
         self.device = trainer.accelerator.device
         self.steps = trainer.steps_per_epoch
         self.loader = DataLoader(trainer.train_set, batch_size=int(trainer.t.batch_size), shuffle=True,

@@ -19,6 +19,10 @@ pytestmark = pytest.mark.slow
 LOSS_RTOL = 0.05
 MAP_ATOL = 0.05
 MIN_UPDATE_COSINE = 0.95
+# The mAP tolerance needs the 8 steps to stay before the steep start of learning (measured mAP 0.002-0.008 here).
+# At the defaults from random weights (full LR on the backbone, a 1-step warmup in an 8-step run) they reach it,
+# and the 2-image BatchNorm statistics of a micro-batch alone then move the mAP by ~0.09 (0.094 vs 0.009).
+SLOW_START = ("training.backbone_lr_factor=0.1", "training.learning_rate=0.005")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,8 @@ def runs(sample_dataset_dir, tmp_path_factory):
     run_dirs = {}
     for name, (overrides, processes) in layouts.items():
         run_dir = tmp_path_factory.mktemp(f"ddp_{name}")
-        assert_ok(run_training(train_command(sample_dataset_dir, run_dir, *overrides, processes=processes)))
+        assert_ok(run_training(train_command(sample_dataset_dir, run_dir, *SLOW_START, *overrides,
+                                             processes=processes)))
         run_dirs[name] = run_dir
     return run_dirs
 

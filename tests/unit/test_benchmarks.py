@@ -83,3 +83,43 @@ def test_learn_sample_check_writes_report(tmp_path):
     assert set(sample["per_class"]) == {"circle", "square", "triangle"}
     assert sample["reached"] == (sample["AP50"] is not None and sample["AP50"] >= 0.9)
     assert "custom_detector on the built-in sample data" in (tmp_path / "learn.md").read_text()
+
+
+def test_learn_engine_lr_matches_the_reference_lr():
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.create(learn.DEFAULTS)
+    # base_batch_size 16, batch 4: 0.04 x 4 / 16 = the reference's 0.01.
+    assert learn.engine_lr_overrides(options) == ["training.learning_rate=0.04"]
+    assert learn.engine_lr_overrides(OmegaConf.merge(options, {"batch_size": 8})) == ["training.learning_rate=0.02"]
+    assert learn.engine_lr_overrides(OmegaConf.merge(options, {"match_lr": False})) == []
+
+
+def test_learn_means_over_seeds():
+    def result(ap, ap50, cpu):
+        return {"mAP": ap, "AP50": ap50, "cpu_s": cpu, "wall_s": 2 * cpu,
+                "per_class": {"a": {"AP": ap, "AP50": ap50}, "b": {"AP": None, "AP50": None}}}
+
+    mean = learn.mean_result([result(0.1, 0.3, 10), result(0.2, None, 30)])
+    assert mean["mAP"] == pytest.approx(0.15) and mean["AP50"] == pytest.approx(0.15)  # no AP counts as 0
+    assert mean["per_class"] == {"a": {"AP": pytest.approx(0.15), "AP50": pytest.approx(0.15)},
+                                 "b": {"AP": 0.0, "AP50": 0.0}}
+    assert (mean["cpu_s"], mean["wall_s"]) == (pytest.approx(20), pytest.approx(40))
+
+
+@pytest.mark.slow
+def test_learn_bccd_check_runs_both_loops_per_seed(tmp_path):
+    if not (learn.BCCD_DIR / "train.jsonl").is_file():
+        pytest.skip(f"BCCD is not at {learn.BCCD_DIR}")
+    learn.main(["check=bccd", "bccd_models=[custom_detector]", "bccd_epochs={custom_detector: 1}", "seeds=[1]",
+                "batch_size=8", "num_workers=0", f"out={tmp_path}"])
+    (row,) = json.loads((tmp_path / "learn.json").read_text())["bccd"]
+    assert row["model"] == "custom_detector" and row["ours_overrides"] == ["training.learning_rate=0.02"]
+    (run,) = row["runs"]
+    assert run["seed"] == 1 and run["ours"]["status"] == "completed"
+    for side in ("ours", "reference"):
+        assert set(run[side]["per_class"]) == {"Platelets", "RBC", "WBC"} and run[side]["cpu_s"] > 0
+        assert row[side]["mAP"] == pytest.approx(run[side]["mAP"] or 0.0)  # the mean of one seed
+    markdown = (tmp_path / "learn.md").read_text()
+    assert "| ours (engine defaults, `training.learning_rate=0.02`) |" in markdown
+    assert "per seed, ours vs reference val mAP: seed 1:" in markdown

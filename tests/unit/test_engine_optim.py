@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from trainer.data.samplers import GroupedBatchSampler
 from trainer.engine.data import build_train_loader
-from trainer.engine.optim import (LRSchedule, build_optimizer, build_schedule, build_scheduler,
+from trainer.engine.optim import (LRSchedule, backbone_lr_factor, build_optimizer, build_schedule, build_scheduler,
                                   scaled_learning_rate)
 from trainer.models import build_model
 
@@ -38,6 +38,25 @@ def test_warmup_then_multistep_in_optimizer_steps():
     assert schedule(1600) == pytest.approx(0.1)
     assert schedule(2200) == pytest.approx(0.01)
     assert schedule(2599) == pytest.approx(0.01)
+
+
+def test_warmup_takes_at_most_a_fifth_of_a_short_run():
+    # 26 epochs of 10 steps: the 500-step default would cover the whole run; it is cut to 260 // 5 = 52 steps.
+    schedule = build_schedule(TRAINING, steps_per_epoch=10)
+    assert schedule.warmup_steps == 52
+    assert schedule(26) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert schedule(52) == pytest.approx(1.0)
+    assert build_schedule(TRAINING, steps_per_epoch=1000).warmup_steps == 500  # a long run keeps warmup_iters
+
+
+def test_backbone_lr_factor_null_depends_on_pretrained_weights():
+    auto = OmegaConf.merge(TRAINING, {"backbone_lr_factor": None})
+    assert backbone_lr_factor(auto, pretrained=True) == pytest.approx(0.1)
+    assert backbone_lr_factor(auto, pretrained=False) == pytest.approx(1.0)
+    # An explicit value is used as given, pretrained or not.
+    assert backbone_lr_factor(TRAINING, pretrained=False) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="backbone_lr_factor"):
+        backbone_lr_factor(OmegaConf.merge(TRAINING, {"backbone_lr_factor": -1}), pretrained=False)
 
 
 def test_cosine_decays_to_min_factor():
@@ -117,7 +136,7 @@ def test_scheduler_state_round_trips_with_weights_only(tmp_path):
 
 def test_optimizer_groups_backbone_factor_and_no_decay_on_norm_and_bias():
     model = build_model({"name": "custom_detector", "weights": None, "weights_backbone": None}, num_classes=3)
-    optimizer = build_optimizer(model, lr=0.02, training=TRAINING)
+    optimizer = build_optimizer(model, lr=0.02, training=TRAINING, backbone_factor=0.1)
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert set(groups) == {"backbone/decay", "backbone/no_decay", "head/decay", "head/no_decay"}
     assert groups["backbone/decay"]["lr"] == pytest.approx(0.002)

@@ -26,7 +26,7 @@ from trainer.data.records import DataValidationError
 from trainer.engine.checkpoint import CheckpointManager, atomic_torch_save, checkpoint_name, find_resume_checkpoint
 from trainer.engine.data import build_train_loader, to_device
 from trainer.engine.ema import ModelEMA
-from trainer.engine.optim import build_optimizer, build_schedule, build_scheduler, scaled_learning_rate
+from trainer.engine.optim import backbone_lr_factor, build_optimizer, build_schedule, build_scheduler, scaled_learning_rate
 from trainer.engine.reporting import plot_curves, write_metrics_csv
 from trainer.engine.run_dir import resolve_run_dir, setup_logging, write_config_snapshot
 from trainer.engine.signals import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest,
@@ -35,7 +35,7 @@ from trainer.engine.trackers import start_trackers
 from trainer.engine.val_loss import validation_loss
 from trainer.evaluation.distributed import evaluate_model
 from trainer.evaluation.metrics import scalar_metrics
-from trainer.models import build_model
+from trainer.models import build_model, weights_plan
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ class Trainer:
             if acc.device.type == "cpu":
                 raise ValueError("training.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU kernel)")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        optimizer = build_optimizer(model, self.lr, t)
+        self.backbone_lr_factor = backbone_lr_factor(t, weights_plan(cfg.model).pretrained)
+        optimizer = build_optimizer(model, self.lr, t, self.backbone_lr_factor)
         self.schedule = build_schedule(t, self.steps_per_epoch)
         self.scheduler = build_scheduler(optimizer, self.schedule)  # never prepared: see optim.py
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -211,7 +212,7 @@ class Trainer:
         logger.info("processes %d x batch %d x accumulation %d = global batch %d; lr = %g x %d / %d = %g "
                     "(backbone x %g); %d optimizer steps/epoch, %d epochs; device %s, mixed precision %s",
                     acc.num_processes, int(t.batch_size), self.accum, self.global_batch, float(t.learning_rate),
-                    self.global_batch, int(t.base_batch_size), self.lr, float(t.backbone_lr_factor),
+                    self.global_batch, int(t.base_batch_size), self.lr, self.backbone_lr_factor,
                     self.steps_per_epoch, int(t.num_epochs), acc.device, acc.mixed_precision)
         logger.info("schedule %s: warmup %d steps from x%g, milestones at steps %s (gamma %g); EMA %s",
                     self.schedule.name, self.schedule.warmup_steps, self.schedule.warmup_factor,
@@ -307,6 +308,7 @@ class Trainer:
         acc, model = self.accelerator, self.model
         sums: dict[str, float] = {}
         finite = True
+        backward_started = False
         images_in_step = 0
         # Forward passes update normalisation statistics (BatchNorm running mean/var) whatever the loss; a skipped
         # step must leave them as they were, or the NaN activations that made it non-finite would stay in the model.
@@ -327,6 +329,12 @@ class Trainer:
                 if not torch.isfinite(values).all():
                     finite = False
                     continue
+                if not backward_started:
+                    # Zeroed here, after the forward, as the reference loops do: the backward that follows
+                    # reuses the memory just freed (zeroed before the forward, the activations take it and the
+                    # gradients are allocated afresh, a few ms a step on the CPU).
+                    self.optimizer.zero_grad(set_to_none=True)
+                    backward_started = True
                 acc.backward(total / self.accum)
             for key, value in zip(["loss", *[f"loss_{k}" for k in loss_dict]], values.tolist()):
                 sums[key] = sums.get(key, 0.0) + value / self.accum
@@ -340,7 +348,6 @@ class Trainer:
             if finite:
                 self.optimizer.step()
                 stepped = not acc.optimizer_step_was_skipped
-        self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # the schedule counts every step, skipped or not
         if not finite:
             if self.buffers:

@@ -20,6 +20,7 @@ from trainer.models import parameter_groups
 logger = logging.getLogger(__name__)
 
 SCHEDULES = ("multistep", "cosine", "constant")
+WARMUP_MAX_FRACTION = 5  # the warmup is at most 1/5 of the run's optimizer steps
 
 
 def scaled_learning_rate(base_lr: float, global_batch_size: int, base_batch_size: int) -> float:
@@ -29,13 +30,24 @@ def scaled_learning_rate(base_lr: float, global_batch_size: int, base_batch_size
     return base_lr * global_batch_size / base_batch_size
 
 
-def build_optimizer(model: nn.Module, lr: float, training: Mapping) -> torch.optim.SGD:
+def backbone_lr_factor(training: Mapping, pretrained: bool) -> float:
+    """``training.backbone_lr_factor``; null = 0.1 for a backbone that starts from pretrained weights (keep its
+    features), 1.0 for a random one (a lower LR would only slow it down), like ``trainable_backbone_layers``."""
+    value = training["backbone_lr_factor"]
+    if value is None:
+        return 0.1 if pretrained else 1.0
+    if float(value) < 0:
+        raise ValueError(f"training.backbone_lr_factor must be >= 0, got {value}")
+    return float(value)
+
+
+def build_optimizer(model: nn.Module, lr: float, training: Mapping, backbone_factor: float) -> torch.optim.SGD:
     """SGD (Nesterov by default) over four groups: backbone/head x decay/no-decay.
 
-    Backbone parameters get ``lr * backbone_lr_factor``; norm parameters and biases get
+    Backbone parameters get ``lr * backbone_factor`` (see ``backbone_lr_factor``); norm parameters and biases get
     ``norm_weight_decay`` (default 0) instead of ``weight_decay``.
     """
-    lr_factors = {"backbone": float(training["backbone_lr_factor"]), "head": 1.0}
+    lr_factors = {"backbone": backbone_factor, "head": 1.0}
     decays = {"decay": float(training["weight_decay"]), "no_decay": float(training["norm_weight_decay"])}
     groups = []
     for part, by_decay in parameter_groups(model).items():
@@ -84,8 +96,12 @@ def build_schedule(training: Mapping, steps_per_epoch: int) -> LRSchedule:
     if name not in SCHEDULES:
         raise ValueError(f"training.lr_scheduler={name!r} is not one of {SCHEDULES}")
     milestones: Sequence[int] = training["lr_milestones"] or ()
-    return LRSchedule(name=name, total_steps=int(training["num_epochs"]) * steps_per_epoch,
-                      warmup_steps=int(training["warmup_iters"]), warmup_factor=float(training["warmup_factor"]),
+    total_steps = int(training["num_epochs"]) * steps_per_epoch
+    # A short run (a few epochs of a small dataset, a sweep trial) must still reach its LR: the warmup takes at
+    # most a fifth of the run (the default 500 steps would otherwise be the whole of a 26-epoch run of 20 steps).
+    warmup_steps = min(int(training["warmup_iters"]), total_steps // WARMUP_MAX_FRACTION)
+    return LRSchedule(name=name, total_steps=total_steps,
+                      warmup_steps=warmup_steps, warmup_factor=float(training["warmup_factor"]),
                       milestones=tuple(int(m) * steps_per_epoch for m in milestones),
                       gamma=float(training["lr_gamma"]), min_factor=float(training["min_lr_factor"]))
 

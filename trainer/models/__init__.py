@@ -9,7 +9,7 @@ import pkgutil
 from trainer.models.checkpoint import load_trained_model
 from trainer.models.contract import DetectorContract
 from trainer.models.groups import parameter_groups
-from trainer.models.registry import available_models, build_model, register_model
+from trainer.models.registry import available_models, build_model, register_model, weights_plan
 
 _MACHINERY = {"checkpoint", "contract", "groups", "registry", "weights"}
 for _module in pkgutil.iter_modules(__path__):
@@ -17,4 +17,4 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["DetectorContract", "available_models", "build_model", "load_trained_model", "parameter_groups",
-           "register_model"]
+           "register_model", "weights_plan"]

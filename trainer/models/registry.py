@@ -58,8 +58,7 @@ def build_model(model_cfg: Mapping | DictConfig, num_classes: int, load_weights:
     if unknown:
         raise ValueError(f"model {name!r}: unknown config key(s) {unknown}; valid keys are "
                          f"{sorted([*accepted, *_HANDLED_HERE])}")
-    plan = WeightsPlan(detector=_spec(cfg.get("weights")), backbone=_spec(cfg.get("weights_backbone")),
-                       load=load_weights)
+    plan = weights_plan(cfg, load_weights)
     model = builder(num_classes, plan, **options)
     if not isinstance(model, DetectorContract):
         raise TypeError(f"builder for {name!r} must return a DetectorContract model, got {type(model).__name__}")
@@ -68,6 +67,13 @@ def build_model(model_cfg: Mapping | DictConfig, num_classes: int, load_weights:
         load_matching_state_dict(model, state_dict, model.head_prefixes)
     model.set_loss_weights(cfg.get("loss_weights"))
     return model
+
+
+def weights_plan(model_cfg: Mapping | DictConfig, load_weights: bool = True) -> WeightsPlan:
+    """What ``model.weights`` / ``model.weights_backbone`` ask for (``.pretrained``: does training start from them)."""
+    cfg = _as_dict(model_cfg)
+    return WeightsPlan(detector=_spec(cfg.get("weights")), backbone=_spec(cfg.get("weights_backbone")),
+                       load=load_weights)
 
 
 def _spec(value: Any) -> str | None:
