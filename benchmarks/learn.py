@@ -4,9 +4,11 @@
 on the built-in synthetic sample data must reach ``target_ap50`` val mAP@0.5; the CPU time is reported.
 
 ``bccd``: ``ssdlite`` and ``faster_rcnn_320`` from random weights on ``../shared/datasets/bccd`` (train split,
-read in place) for the same budget of epochs, once with the engine's defaults (LR scaled by batch, warmup,
-EMA) and once with a bare reference loop using the upstream defaults (SGD at a fixed LR, no warmup, no LR
-scaling, no EMA): val mAP and AP50 per class side by side, with the CPU seconds each spent.
+read in place) for the same budget of epochs, once by the engine and once by a bare reference loop with the
+upstream defaults (SGD at a fixed LR, no warmup, no LR scaling, no EMA), for each of ``seeds`` (initial weights
+and data order): val mAP and AP50 per class side by side, with the CPU seconds each spent. The engine runs its
+defaults (warmup, EMA, clipping, schedule, augmentation) at the same LR as the reference: its ``learning_rate``
+is set so that the batch-scaled LR equals ``reference_lr`` (``match_lr=false`` keeps the engine's own LR).
 
 Writes ``OUT/learn.md`` and ``OUT/learn.json``; running one check keeps the other check's last result there.
 """
@@ -45,8 +47,10 @@ DEFAULTS = {
     "bccd_models": ["ssdlite", "faster_rcnn_320"],
     "bccd_epochs": {"ssdlite": 2, "faster_rcnn_320": 1},  # the budget per model (same for both loops)
     "batch_size": 4,
-    "ours_overrides": [],  # extra engine overrides for the bccd check (e.g. a warmup that fits the budget)
+    "seeds": [42, 43],     # one engine run and one reference run per seed; the tables give the means
+    "ours_overrides": [],  # extra engine overrides for the bccd check
     "reference_lr": 0.01,  # the upstream default, used as is: no scaling by batch size, no warmup, no decay
+    "match_lr": True,      # the engine's batch-scaled LR = reference_lr (compare the recipes at one LR)
     "num_workers": 1,
 }
 
@@ -100,9 +104,9 @@ def sample_check(options, work_dir: Path) -> dict:
             "reached": result["AP50"] is not None and result["AP50"] >= float(options.target_ap50), **result}
 
 
-def reference_loop(model_name: str, epochs: int, options) -> tuple[dict, float, float]:
+def reference_loop(model_name: str, epochs: int, seed: int, options) -> tuple[dict, float, float]:
     """The bare reference: plain SGD(momentum 0.9, weight decay 1e-4) at a fixed LR, same model, data, batch."""
-    cfg = compose_train_config([f"model={model_name}", *split_overrides(BCCD_DIR)])
+    cfg = compose_train_config([f"model={model_name}", *split_overrides(BCCD_DIR), f"seed={seed}"])
     data = build_datasets(cfg.dataset, seed=int(cfg.seed))
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, data.class_map.num_classes)
@@ -122,23 +126,53 @@ def reference_loop(model_name: str, epochs: int, options) -> tuple[dict, float, 
     return evaluate(model, data.val), cpu, wall
 
 
+def engine_lr_overrides(options) -> list[str]:
+    """``training.learning_rate`` such that the engine's LR (learning_rate x batch / base_batch_size) is the
+    reference's fixed LR at this batch size."""
+    if not options.match_lr:
+        return []
+    base_batch = int(compose_train_config([]).training.base_batch_size)
+    return [f"training.learning_rate={float(options.reference_lr) * base_batch / int(options.batch_size):g}"]
+
+
+def mean_result(results: list[dict]) -> dict:
+    """Means over seeds of mAP, AP50, per-class AP50 and CPU/wall seconds."""
+    def mean(values):
+        values = [v if v is not None else 0.0 for v in values]
+        return sum(values) / len(values)
+
+    classes = results[0]["per_class"]
+    return {"mAP": mean([r["mAP"] for r in results]), "AP50": mean([r["AP50"] for r in results]),
+            "per_class": {c: {k: mean([r["per_class"][c][k] for r in results]) for k in ("AP", "AP50")}
+                          for c in classes},
+            "cpu_s": mean([r["cpu_s"] for r in results]), "wall_s": mean([r["wall_s"] for r in results])}
+
+
 def bccd_check(options, work_dir: Path) -> list[dict]:
     if not (BCCD_DIR / "train.jsonl").is_file():
         raise SystemExit(f"BCCD not found at {BCCD_DIR}: the bccd check needs ../shared/datasets/bccd")
+    engine_overrides = [*engine_lr_overrides(options), *options.ours_overrides]
     rows = []
     for model_name in options.bccd_models:
         epochs = int(options.bccd_epochs[model_name])
-        run_dir = work_dir / f"bccd_{model_name}"
-        overrides = [f"model={model_name}", *split_overrides(BCCD_DIR), f"training.num_epochs={epochs}",
-                     f"training.eval_every={epochs}", f"training.batch_size={int(options.batch_size)}",
-                     f"training.num_workers={int(options.num_workers)}", *options.ours_overrides]
-        summary, cpu, wall = train_with_engine(overrides, run_dir)
-        model, class_map, _ = load_trained_model(run_dir / "best_model.pth")
-        val_set = build_datasets(compose_train_config(overrides).dataset, classes=list(class_map.names)).val
-        ours = {"cpu_s": cpu, "wall_s": wall, "status": summary["status"], **evaluate(model, val_set)}
-        reference, ref_cpu, ref_wall = reference_loop(model_name, epochs, options)
+        runs = []
+        for seed in options.seeds:
+            run_dir = work_dir / f"bccd_{model_name}_{seed}"
+            overrides = [f"model={model_name}", *split_overrides(BCCD_DIR), f"seed={int(seed)}",
+                         f"training.num_epochs={epochs}", f"training.eval_every={epochs}",
+                         f"training.batch_size={int(options.batch_size)}",
+                         f"training.num_workers={int(options.num_workers)}", *engine_overrides]
+            summary, cpu, wall = train_with_engine(overrides, run_dir)
+            model, class_map, _ = load_trained_model(run_dir / "best_model.pth")
+            val_set = build_datasets(compose_train_config(overrides).dataset, classes=list(class_map.names)).val
+            ours = {"cpu_s": cpu, "wall_s": wall, "status": summary["status"], **evaluate(model, val_set)}
+            reference, ref_cpu, ref_wall = reference_loop(model_name, epochs, int(seed), options)
+            runs.append({"seed": int(seed), "ours": ours,
+                         "reference": {"cpu_s": ref_cpu, "wall_s": ref_wall, **reference}})
         rows.append({"model": model_name, "epochs": epochs, "batch_size": int(options.batch_size),
-                     "ours_overrides": list(options.ours_overrides), "ours": ours, "reference": {"cpu_s": ref_cpu, "wall_s": ref_wall, **reference}})
+                     "ours_overrides": engine_overrides, "runs": runs,
+                     "ours": mean_result([run["ours"] for run in runs]),
+                     "reference": mean_result([run["reference"] for run in runs])})
     return rows
 
 
@@ -163,15 +197,18 @@ def to_markdown(report: dict) -> str:
         ours, ref = row["ours"], row["reference"]
         lines += [f"## {row['model']} from random weights on BCCD, {row['epochs']} epochs of the train split, "
                   f"batch {row['batch_size']}", "", f"Measured {row['finished']} with `{row['command']}`.", "",
+                  f"Means over seeds {[run['seed'] for run in row['runs']]} (initial weights and data order).", "",
                   "| | val mAP | val AP50 | " + " | ".join(f"AP50 {c}" for c in ours["per_class"]) + " | CPU s |",
                   "|---|---|---|" + "---|" * len(ours["per_class"]) + "---|"]
-        engine = f"`{' '.join(row['ours_overrides'])}`" if row.get("ours_overrides") else "defaults"
-        for label, side in ((f"ours (engine, {engine})", ours), ("bare reference (fixed LR)", ref)):
+        engine = "defaults" + (f", `{' '.join(row['ours_overrides'])}`" if row["ours_overrides"] else "")
+        for label, side in ((f"ours (engine {engine})", ours), ("bare reference (fixed LR)", ref)):
             lines.append(f"| {label} | {_num(side['mAP'])} | {_num(side['AP50'])} | "
                          + " | ".join(_num(side["per_class"][c]["AP50"]) for c in ours["per_class"])
                          + f" | {side['cpu_s']:.0f} |")
-        delta = (ours["mAP"] or 0.0) - (ref["mAP"] or 0.0)
-        lines += ["", f"Ours - reference: {delta:+.3f} val mAP.", ""]
+        per_seed = ", ".join(f"seed {run['seed']}: {_num(run['ours']['mAP'])} vs {_num(run['reference']['mAP'])}"
+                             for run in row["runs"])
+        lines += ["", f"Ours - reference: {ours['mAP'] - ref['mAP']:+.3f} val mAP (mean); per seed, ours vs "
+                  f"reference val mAP: {per_seed}.", ""]
     return "\n".join(lines)
 
 
