@@ -26,7 +26,8 @@ from trainer.data.records import DataValidationError
 from trainer.engine.checkpoint import CheckpointManager, atomic_torch_save, checkpoint_name, find_resume_checkpoint
 from trainer.engine.data import build_train_loader, to_device
 from trainer.engine.ema import ModelEMA
-from trainer.engine.optim import backbone_lr_factor, build_optimizer, build_schedule, build_scheduler, scaled_learning_rate
+from trainer.engine.optim import (backbone_lr_factor, build_optimizer, build_schedule, build_scheduler,
+                                  scaled_learning_rate)
 from trainer.engine.reporting import plot_curves, write_metrics_csv
 from trainer.engine.run_dir import resolve_run_dir, setup_logging, write_config_snapshot
 from trainer.engine.signals import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest,
