@@ -34,18 +34,20 @@ def trial_process(sandbox: RaySandbox) -> psutil.Process | None:
 
 
 def tune_checkpoint(root: Path) -> Path | None:
-    """The trial's first Tune checkpoint, once the driver has recorded the result that carries it.
+    """A Tune checkpoint of the trial, once the driver has recorded a result that carries one.
 
     Tune resumes a retried trial from its own checkpoint (not the engine's newer ones), and it only knows about one
-    after the driver processed the report: result.json holds that result once it has.
+    after the driver processed the report: result.json holds that result once it has. Any checkpoint will do:
+    Tune keeps only the last ``sweep.checkpoints_to_keep``, so on a busy machine the first may be gone already.
     """
     for result in root.glob("*/*/trial_*/result.json"):
         try:
             reported = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         except (OSError, json.JSONDecodeError):
             continue
-        if reported and (result.parent / "checkpoint_000000").is_dir():
-            return result.parent / "checkpoint_000000"
+        checkpoints = sorted(result.parent.glob("checkpoint_*"))
+        if reported and checkpoints:
+            return checkpoints[0]
     return None
 
 
