@@ -27,7 +27,8 @@ from trainer.models import build_model
 class Settings:
     steps: int = 4            # optimizer steps per timed round (one engine epoch)
     repeats: int = 3          # at least this many timed rounds per side (interleaved) ...
-    min_seconds: float = 90.0  # ... and more, up to 40, until this much time has passed (per model)
+    min_seconds: float = 150.0  # ... and more, up to max_rounds, until this much time has passed (per model):
+    max_rounds: int = 80        # a round's ratio varies by ~10% on a shared 2-core VM; the median of 80 by ~1.5%
     batch_size: int = 4
     image_size: tuple[int, int] = (320, 240)
     mixed_precision: str = "no"
@@ -88,7 +89,8 @@ def measure_model(model_name: str, data_dir: Path, settings: Settings) -> dict:
         stop = StopRequest()  # not installed: a benchmark is not preempted
         images_per_round = trainer.steps_per_epoch * int(trainer.t.batch_size)
         times = interleaved({"ours": lambda: engine_round(trainer, stop), "bare": bare.round},
-                            repeats=settings.repeats, min_seconds=settings.min_seconds)
+                            repeats=settings.repeats, min_seconds=settings.min_seconds,
+                            max_repeats=settings.max_rounds)
     return {"model": model_name, "batch_size": settings.batch_size, "steps_per_round": trainer.steps_per_epoch,
             "rounds": len(times["ours"]), "ours_img_s": images_per_round / median(times["ours"]),
             "bare_img_s": images_per_round / median(times["bare"]),

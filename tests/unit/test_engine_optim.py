@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from trainer.data.samplers import GroupedBatchSampler
 from trainer.engine.data import build_train_loader
 from trainer.engine.optim import (LRSchedule, backbone_lr_factor, build_optimizer, build_schedule, build_scheduler,
-                                  scaled_learning_rate)
+                                  clip_gradients, scaled_learning_rate)
 from trainer.models import build_model
 
 TRAINING = OmegaConf.create({
@@ -57,6 +57,36 @@ def test_backbone_lr_factor_null_depends_on_pretrained_weights():
     assert backbone_lr_factor(TRAINING, pretrained=False) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="backbone_lr_factor"):
         backbone_lr_factor(OmegaConf.merge(TRAINING, {"backbone_lr_factor": -1}), pretrained=False)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 3.0, 100.0, math.inf])
+def test_clip_gradients_matches_torch_clip_grad_norm(max_norm):
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (4,), (2, 2, 3)]
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in shapes]
+    expected = [torch.nn.Parameter(torch.zeros(shape)) for shape in shapes]
+    frozen = torch.nn.Parameter(torch.zeros(2))  # no gradient: ignored, as torch ignores it
+    for ours, theirs in zip(params, expected):
+        ours.grad = torch.randn(ours.shape, generator=generator)
+        theirs.grad = ours.grad.clone()
+    norm = clip_gradients([*params, frozen], max_norm)
+    expected_norm = torch.nn.utils.clip_grad_norm_(expected, max_norm)
+    assert float(norm) == pytest.approx(float(expected_norm))
+    for ours, theirs in zip(params, expected):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0)
+    total = float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])))
+    assert total == pytest.approx(min(float(norm), max_norm), rel=1e-5)
+    assert frozen.grad is None
+
+
+def test_clip_gradients_leaves_gradients_under_the_limit_untouched():
+    param = torch.nn.Parameter(torch.zeros(3))
+    param.grad = torch.tensor([3.0, 0.0, 4.0])
+    grad = param.grad
+    assert float(clip_gradients([param], 5.0)) == pytest.approx(5.0)
+    assert param.grad is grad and param.grad.tolist() == [3.0, 0.0, 4.0]
+    assert float(clip_gradients([param], 1.0)) == pytest.approx(5.0)
+    torch.testing.assert_close(param.grad, torch.tensor([0.6, 0.0, 0.8]))
 
 
 def test_cosine_decays_to_min_factor():

@@ -27,7 +27,7 @@ from trainer.engine.checkpoint import CheckpointManager, atomic_torch_save, chec
 from trainer.engine.data import build_train_loader, to_device
 from trainer.engine.ema import ModelEMA
 from trainer.engine.optim import (backbone_lr_factor, build_optimizer, build_schedule, build_scheduler,
-                                  scaled_learning_rate)
+                                  clip_gradients, scaled_learning_rate)
 from trainer.engine.reporting import plot_curves, write_metrics_csv
 from trainer.engine.run_dir import resolve_run_dir, setup_logging, write_config_snapshot
 from trainer.engine.signals import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest,
@@ -192,6 +192,7 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, self.schedule)  # never prepared: see optim.py
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)  # the bare module (DDP wraps it); looked up once, used per step
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]  # clipped every step
         self.buffers = list(self.model.buffers())
         self.buffer_backup = [buffer.detach().clone() for buffer in self.buffers]  # see optimizer_step
         ema_cfg = cfg.ema
@@ -342,7 +343,8 @@ class Trainer:
         stepped = False
         if finite:
             max_norm = float(self.t.clip_grad_norm) if self.t.clip_grad_norm else math.inf
-            grad_norm = acc.clip_grad_norm_(model.parameters(), max_norm)
+            acc.unscale_gradients()  # fp16: the norm and the clipping are of the true gradients
+            grad_norm = clip_gradients(self.trainable, max_norm)
             # Gradients are identical on all processes after DDP's all-reduce, so this test agrees everywhere.
             # Under fp16 the grad scaler handles overflow itself (it skips the step and lowers the scale).
             finite = acc.mixed_precision == "fp16" or bool(torch.isfinite(torch.as_tensor(grad_norm)))

@@ -106,6 +106,20 @@ def build_schedule(training: Mapping, steps_per_epoch: int) -> LRSchedule:
                       gamma=float(training["lr_gamma"]), min_factor=float(training["min_lr_factor"]))
 
 
+def clip_gradients(parameters: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clips the gradients of ``parameters`` in place to a total L2 norm of ``max_norm``; returns the norm before.
+
+    The same gradients as ``torch.nn.utils.clip_grad_norm_``, which multiplies every gradient by
+    ``min(1, max_norm / norm)`` even when that is 1: scaling only above the limit saves a pass over all
+    gradients in most steps. ``norm > max_norm`` reads the norm from the device; the loop logs it each step
+    anyway. Gradients must be whole on every process (DDP, not FSDP or DeepSpeed shards) and unscaled.
+    """
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    if norm > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
+    return norm
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
     """Step it once per optimizer step (skipped steps included), never through ``accelerator.prepare``."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
