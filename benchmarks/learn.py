@@ -15,6 +15,7 @@ Writes ``OUT/learn.md`` and ``OUT/learn.json``; running one check keeps the othe
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -195,7 +196,8 @@ def to_markdown(report: dict) -> str:
                   f"{_num(sample['mAP'])} | {sample['cpu_s'] / 60:.1f} min | {sample['wall_s'] / 60:.1f} min |", ""]
     for row in report.get("bccd", []):
         ours, ref = row["ours"], row["reference"]
-        lines += [f"## {row['model']} from random weights on BCCD, {row['epochs']} epochs of the train split, "
+        lines += [f"## {row['model']} from random weights on BCCD, {row['epochs']} epoch{'s' * (row['epochs'] != 1)} of "
+                  "the train split, "
                   f"batch {row['batch_size']}", "", f"Measured {row['finished']} with `{row['command']}`.", "",
                   f"Means over seeds {[run['seed'] for run in row['runs']]} (initial weights and data order).", "",
                   "| | val mAP | val AP50 | " + " | ".join(f"AP50 {c}" for c in ours["per_class"]) + " | CPU s |",
@@ -223,7 +225,8 @@ def main(argv: list[str]) -> dict:
         raise SystemExit(f"unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     if options.check not in ("all", "sample", "bccd"):
         raise SystemExit(f"check={options.check!r}: choose all, sample or bccd")
-    command = " ".join(["python benchmarks/learn.py", *argv])
+    threads = [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if "OMP_NUM_THREADS" in os.environ else []
+    command = " ".join([*threads, "python benchmarks/learn.py", *argv])  # the thread count changes the numbers
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "learn.json"

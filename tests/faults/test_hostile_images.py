@@ -233,6 +233,11 @@ def test_worker_process_crash_raises_in_the_main_process_not_a_hang(image_dir):
                                             rank=0, num_workers=2, group_factor=0)
     sampler.set_epoch(0)
     error, seen = first_loader_error(loader)
-    assert isinstance(error, RuntimeError)
-    assert re.search(r"DataLoader worker \(pid\(s\)? ?\d+\) exited unexpectedly", str(error)), error
+    # Either the loader's own error, or, when the worker died right after queueing a batch, the failed fetch of
+    # that batch's tensors (they travel as file descriptors fetched from the worker that sent them; seen once on a
+    # loaded 2-core machine). Both end the epoch with an error in the main process.
+    fetch_from_dead_worker = isinstance(error, (ConnectionResetError, ConnectionRefusedError))
+    assert fetch_from_dead_worker or (
+        isinstance(error, RuntimeError)
+        and re.search(r"DataLoader worker \(pid\(s\)? ?\d+\) exited unexpectedly", str(error))), error
     assert 3 not in seen

@@ -73,7 +73,8 @@ def test_scaling_memory_and_gpu_suites(tmp_path):
 
 
 @pytest.mark.slow
-def test_learn_sample_check_writes_report(tmp_path):
+def test_learn_sample_check_writes_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # recorded with the command: the thread count changes the numbers
     report = learn.main(["check=sample", "sample_images=12", "sample_epochs=1", "num_workers=0",
                          "sample_overrides=[model.min_size=64,model.max_size=96,training.batch_size=4]",
                          f"out={tmp_path}"])
@@ -82,7 +83,9 @@ def test_learn_sample_check_writes_report(tmp_path):
     assert sample["model"] == "custom_detector" and sample["epochs"] == 1 and sample["cpu_s"] > 0
     assert set(sample["per_class"]) == {"circle", "square", "triangle"}
     assert sample["reached"] == (sample["AP50"] is not None and sample["AP50"] >= 0.9)
-    assert "custom_detector on the built-in sample data" in (tmp_path / "learn.md").read_text()
+    markdown = (tmp_path / "learn.md").read_text()
+    assert "custom_detector on the built-in sample data" in markdown
+    assert "with `OMP_NUM_THREADS=2 python benchmarks/learn.py check=sample " in markdown
 
 
 def test_learn_engine_lr_matches_the_reference_lr():
@@ -122,3 +125,4 @@ def test_learn_bccd_check_runs_both_loops_per_seed(tmp_path, bccd_dir):
     markdown = (tmp_path / "learn.md").read_text()
     assert "| ours (engine defaults, `training.learning_rate=0.02`) |" in markdown
     assert "per seed, ours vs reference val mAP: seed 1:" in markdown
+    assert "## custom_detector from random weights on BCCD, 1 epoch of the train split, batch 8" in markdown
