@@ -46,7 +46,7 @@ DEFAULTS = {
                          "ema.tau=200"],
     # bccd check
     "bccd_models": ["ssdlite", "faster_rcnn_320"],
-    "bccd_epochs": {"ssdlite": 2, "faster_rcnn_320": 1},  # the budget per model (same for both loops)
+    "bccd_epochs": {"ssdlite": 6, "faster_rcnn_320": 2},  # the budget per model (same for both loops)
     "batch_size": 4,
     "seeds": [42, 43],     # one engine run and one reference run per seed; the tables give the means
     "ours_overrides": [],  # extra engine overrides for the bccd check
