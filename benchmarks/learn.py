@@ -196,8 +196,8 @@ def to_markdown(report: dict) -> str:
                   f"{_num(sample['mAP'])} | {sample['cpu_s'] / 60:.1f} min | {sample['wall_s'] / 60:.1f} min |", ""]
     for row in report.get("bccd", []):
         ours, ref = row["ours"], row["reference"]
-        lines += [f"## {row['model']} from random weights on BCCD, {row['epochs']} epoch{'s' * (row['epochs'] != 1)} of "
-                  "the train split, "
+        epochs = f"{row['epochs']} epoch{'s' * (row['epochs'] != 1)}"
+        lines += [f"## {row['model']} from random weights on BCCD, {epochs} of the train split, "
                   f"batch {row['batch_size']}", "", f"Measured {row['finished']} with `{row['command']}`.", "",
                   f"Means over seeds {[run['seed'] for run in row['runs']]} (initial weights and data order).", "",
                   "| | val mAP | val AP50 | " + " | ".join(f"AP50 {c}" for c in ours["per_class"]) + " | CPU s |",

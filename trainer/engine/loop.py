@@ -347,7 +347,7 @@ class Trainer:
             grad_norm = clip_gradients(self.trainable, max_norm)
             # Gradients are identical on all processes after DDP's all-reduce, so this test agrees everywhere.
             # Under fp16 the grad scaler handles overflow itself (it skips the step and lowers the scale).
-            finite = acc.mixed_precision == "fp16" or bool(torch.isfinite(torch.as_tensor(grad_norm)))
+            finite = acc.mixed_precision == "fp16" or bool(torch.isfinite(grad_norm))
             if finite:
                 self.optimizer.step()
                 stepped = not acc.optimizer_step_was_skipped
